@@ -1,0 +1,72 @@
+"""The SAM 2 model config: reads ``--conf`` options, builds the one engine, and its infer tasks.
+
+Options (``monailabel start_server ... --conf KEY VALUE``):
+
+* ``checkpoint``: a registry name (``sam2.1_hiera_tiny`` ... ``sam2_hiera_large``) or a ``.pt`` path;
+* ``config``: the SAM 2 hydra config, when a ``.pt`` path's name does not tell it;
+* ``random_weights``: ``true`` builds the config with random weights (tests/benchmarks only; loud);
+* ``image_size``: SAM 2's input size (default: the config's 1024; smaller is faster but untested accuracy);
+* ``device`` (``cuda`` if available, else ``cpu``), ``dtype`` (``bfloat16`` on CUDA);
+* ``labels``: comma-separated label names shown in the clients (default ``object``);
+* ``max_sessions``, ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from monailabel.interfaces.config import TaskConfig
+
+from lib.engine.checkpoints import resolve_checkpoint
+from lib.engine.engine import Sam2VolumeEngine
+from lib.engine.model import RANDOM_WEIGHTS_WARNING, build_predictor
+from lib.infers.sam2_infer import Sam2InferTask
+
+logger = logging.getLogger(__name__)
+
+TASKS = {"sam2_point": "point", "sam2_box": "box", "sam2_propagate": "propagate", "sam2_2d": "slice2d"}
+
+
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
+    """Build the engine from string options; shared by the app, the evaluation and the benchmark."""
+    random_weights = _flag(conf.get("random_weights", "false"))
+    ckpt = resolve_checkpoint(conf.get("checkpoint"), random_weights=random_weights, config=conf.get("config"))
+    device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = conf.get("dtype") or ("bfloat16" if device.startswith("cuda") else None)
+    image_size = int(conf["image_size"]) if conf.get("image_size") else None
+    predictor = build_predictor(ckpt, device=device, image_size=image_size)
+    name = ckpt.name + (" (RANDOM WEIGHTS)" if random_weights else "")
+    logger.info(f"SAM 2 engine: {name}, config {ckpt.config}, image size {predictor.image_size}, device {device}")
+    if random_weights:
+        logger.warning(RANDOM_WEIGHTS_WARNING)
+    return Sam2VolumeEngine(
+        predictor,
+        device=device,
+        dtype=dtype,
+        max_sessions=int(conf.get("max_sessions", 8)),
+        max_volumes=int(conf.get("max_volumes", 4)),
+        feature_cache_bytes=int(float(conf.get("feature_cache_gb", 2.0)) * (1 << 30)),
+        feature_batch_size=int(conf.get("feature_batch_size", 8 if device.startswith("cuda") else 1)),
+        random_weights=random_weights,
+        checkpoint_name=ckpt.name,
+    )
+
+
+class Sam2Config(TaskConfig):
+    def init(self, name: str, model_dir: str, conf: dict, planner, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.labels = [s.strip() for s in str(conf.get("labels", "object")).split(",") if s.strip()] or ["object"]
+        self.engine = engine_from_conf(conf)
+        self.datastore = kwargs.get("datastore")
+
+    def infer(self):
+        return {name: Sam2InferTask(self.engine, kind, self.labels, self.datastore) for name, kind in TASKS.items()}
+
+    def trainer(self):
+        return None

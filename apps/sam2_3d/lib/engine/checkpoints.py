@@ -1,0 +1,120 @@
+"""Registry of the public SAM 2 / SAM 2.1 checkpoints: name -> config, file, checksum, URL.
+
+``checkpoints/download_ckpts.py`` downloads these files into ``checkpoints/``; the server resolves
+``--conf checkpoint <name|path.pt>`` here and fails at start-up with the missing file and the
+command that fetches it, instead of downloading anything itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from .errors import UnknownOption
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+CHECKPOINT_DIR = os.environ.get("SAM2_3D_CHECKPOINT_DIR", os.path.join(REPO_ROOT, "checkpoints"))
+DOWNLOAD_COMMAND = "python checkpoints/download_ckpts.py"
+
+_SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
+_SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    name: str
+    config: str  # hydra config name inside the sam2 package
+    filename: str
+    url: str
+    # Meta publishes no checksums; these SHA-256 values and sizes are the ones pinned by other projects
+    # (micro-sam's micro_sam/v2/util.py for SAM 2.1, SlicerSegmentWithSAM for SAM 2), where several agree.
+    sha256: str
+    size: int
+
+    @property
+    def path(self) -> str:
+        return os.path.join(CHECKPOINT_DIR, self.filename)
+
+
+def _spec(name, config, filename, base_url, sha256, size):
+    return CheckpointSpec(name, config, filename, base_url + filename, sha256, size)
+
+
+REGISTRY: dict[str, CheckpointSpec] = {
+    s.name: s
+    for s in [
+        _spec("sam2_hiera_tiny", "configs/sam2/sam2_hiera_t.yaml", "sam2_hiera_tiny.pt", _SAM2_URL, "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125", 155906050),
+        _spec("sam2_hiera_small", "configs/sam2/sam2_hiera_s.yaml", "sam2_hiera_small.pt", _SAM2_URL, "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3", 184309650),
+        _spec("sam2_hiera_base_plus", "configs/sam2/sam2_hiera_b+.yaml", "sam2_hiera_base_plus.pt", _SAM2_URL, "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071", 323493298),
+        _spec("sam2_hiera_large", "configs/sam2/sam2_hiera_l.yaml", "sam2_hiera_large.pt", _SAM2_URL, "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b", 897952466),
+        _spec("sam2.1_hiera_tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt", _SAM21_URL, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156008466),
+        _spec("sam2.1_hiera_small", "configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt", _SAM21_URL, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", 184416285),
+        _spec("sam2.1_hiera_base_plus", "configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt", _SAM21_URL, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", 323606802),
+        _spec("sam2.1_hiera_large", "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt", _SAM21_URL, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", 898083611),
+    ]
+}
+DEFAULT_CHECKPOINT = "sam2.1_hiera_tiny"
+
+
+class CheckpointMissing(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    spec: CheckpointSpec | None  # None for a user's own .pt file
+    config: str
+    path: str | None  # None when building random weights
+    random_weights: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec else os.path.basename(self.path or "")
+
+
+def _config_for_file(path: str, config: str | None) -> str:
+    if config:
+        return config
+    base = os.path.basename(path)
+    for spec in REGISTRY.values():
+        if base == spec.filename:
+            return spec.config
+    raise UnknownOption(
+        f"cannot tell the SAM 2 config of checkpoint file {path!r}: name it like a registry file "
+        f"({', '.join(s.filename for s in REGISTRY.values())}) or pass --conf config configs/sam2.1/sam2.1_hiera_t.yaml"
+    )
+
+
+def resolve_checkpoint(name_or_path: str | None, random_weights: bool = False, config: str | None = None):
+    """Turn ``--conf checkpoint`` into a config + file, or explain exactly what is missing."""
+    name_or_path = name_or_path or DEFAULT_CHECKPOINT
+    if name_or_path in REGISTRY:
+        spec = REGISTRY[name_or_path]
+        if random_weights:
+            return ResolvedCheckpoint(spec, config or spec.config, None, True)
+        if not os.path.isfile(spec.path):
+            raise CheckpointMissing(
+                f"SAM 2 checkpoint {spec.name!r} not found at {spec.path}. Download it with:\n"
+                f"    {DOWNLOAD_COMMAND} {spec.name}\n"
+                f"(or run with --conf random_weights true for an UNTRAINED model, for tests only)"
+            )
+        return ResolvedCheckpoint(spec, config or spec.config, spec.path, False)
+    if name_or_path.endswith(".pt"):
+        cfg = _config_for_file(name_or_path, config)
+        if random_weights:
+            return ResolvedCheckpoint(None, cfg, None, True)
+        if not os.path.isfile(name_or_path):
+            raise CheckpointMissing(f"SAM 2 checkpoint file not found: {name_or_path}")
+        return ResolvedCheckpoint(None, cfg, os.path.abspath(name_or_path), False)
+    raise UnknownOption(
+        f"unknown checkpoint {name_or_path!r}; known names: {', '.join(REGISTRY)} (or a path to a .pt file)"
+    )
+
+
+def sha256_of(path: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,37 @@
+"""Errors the engine raises for bad input; the infer layer turns them into HTTP 4xx answers.
+
+They carry an HTTP status so that a client always learns *what* was wrong (a point outside the
+volume, an unknown image, an unreadable file) instead of a bare 500, and the server keeps serving.
+"""
+
+
+class EngineInputError(ValueError):
+    """The request is well-formed HTTP but its content cannot be served (HTTP 400)."""
+
+    status_code = 400
+
+
+class PromptError(EngineInputError):
+    """A prompt (point, box, mask, slice range) is empty, malformed or outside the volume."""
+
+
+class ImageNotFound(EngineInputError):
+    """The image id (or session) does not name anything this server holds (HTTP 404)."""
+
+    status_code = 404
+
+
+class UnreadableImage(EngineInputError):
+    """The file exists but is not an image we can read (HTTP 415)."""
+
+    status_code = 415
+
+
+class WrongDimensions(EngineInputError):
+    """The image is not a 3D scalar volume (HTTP 422)."""
+
+    status_code = 422
+
+
+class UnknownOption(EngineInputError):
+    """An unknown preset, checkpoint or other named option (HTTP 400)."""

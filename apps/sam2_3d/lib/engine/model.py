@@ -1,0 +1,186 @@
+"""Building SAM 2's video predictor and feeding it a volume from memory with cached features.
+
+Everything here defers to the ``sam2`` package: its hydra configs, its ``build_sam2_video_predictor``
+(which loads real checkpoints with ``torch.load(...)["model"]`` and a strict ``load_state_dict``),
+its ``init_state`` and its propagation code. We add two things only:
+
+* ``init_state_from_frames``: SAM 2's ``init_state`` reads frames through one function,
+  ``load_video_frames``, which only knows JPEG folders and mp4 files. We let it read our in-memory
+  frames by substituting that one function for the duration of the call, so every other field of
+  the inference state is built by SAM 2 itself.
+* ``VolumePredictor._get_image_feature``: SAM 2 keeps the backbone features of the last frame only,
+  so every propagation pass re-encodes every slice. We serve features from a bounded LRU cache
+  shared by all sessions on the same volume, computed in batches on a miss.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from contextlib import nullcontext
+
+import torch
+
+import sam2.sam2_video_predictor as sam2_video_predictor_module
+from sam2.build_sam import build_sam2_video_predictor
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+from .checkpoints import ResolvedCheckpoint
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: the SAM 2 network was built from its config without a checkpoint. "
+    "Its masks are meaningless; use this only for tests and benchmarks of the plumbing."
+)
+
+
+class FeatureCache:
+    """Backbone features of (volume, frame) pairs, least recently used evicted past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _nbytes(fpn: list[torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in fpn)
+
+    def get(self, key):
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key, fpn: list[torch.Tensor]) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = fpn
+            self._bytes += self._nbytes(fpn)
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= self._nbytes(old)
+
+    def drop_volume(self, volume_key) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == volume_key]:
+                self._bytes -= self._nbytes(self._items.pop(key))
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class VolumeFeatures:
+    """The feature source of one (volume, preset): SAM 2's ``_get_image_feature`` asks it per frame."""
+
+    def __init__(self, model: SAM2VideoPredictor, frames, volume_key, cache: FeatureCache, batch_size: int = 1):
+        self.model = model
+        self.frames = frames
+        self.volume_key = volume_key
+        self.cache = cache
+        self.batch_size = max(1, int(batch_size))
+        self.pos_enc = None  # the position encoding depends on the image size only: one copy per volume
+        # Set by the engine before each pass so a miss prefetches the frames the pass will need next.
+        self.direction = 1
+        self.bounds = (0, len(frames) - 1)
+        self.frames_encoded = 0
+
+    def _encode(self, indices: list[int]) -> None:
+        device = self.model.device
+        batch = self.frames.batch(indices).to(device, non_blocking=True)
+        with torch.inference_mode():
+            out = self.model.forward_image(batch)
+        self.frames_encoded += len(indices)
+        if self.pos_enc is None:
+            self.pos_enc = [p[:1].clone() for p in out["vision_pos_enc"]]
+        for n, k in enumerate(indices):
+            fpn = [f[n : n + 1].clone() if len(indices) > 1 else f for f in out["backbone_fpn"]]
+            self.cache.put((self.volume_key, k), fpn)
+
+    def get(self, frame_idx: int) -> dict:
+        fpn = self.cache.get((self.volume_key, frame_idx))
+        if fpn is None or self.pos_enc is None:
+            lo, hi = self.bounds
+            indices = [frame_idx]
+            k = frame_idx + self.direction
+            while len(indices) < self.batch_size and lo <= k <= hi:
+                if self.cache.get((self.volume_key, k)) is None:
+                    indices.append(k)
+                k += self.direction
+            self._encode(indices)
+            fpn = self.cache.get((self.volume_key, frame_idx))
+            if fpn is None:  # the cache is smaller than one batch: fall back to this frame alone
+                self._encode([frame_idx])
+                fpn = self.cache.get((self.volume_key, frame_idx))
+        return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self.pos_enc)}
+
+
+class VolumePredictor(SAM2VideoPredictor):
+    """SAM 2's video predictor whose image features come from a :class:`VolumeFeatures`."""
+
+    _placeholder_image = torch.zeros(1, 3, 1, 1)  # SAM 2 returns the image alongside features; no caller uses it
+
+    def _get_image_feature(self, inference_state, frame_idx, batch_size):
+        features: VolumeFeatures | None = inference_state.get("volume_features")
+        if features is None:
+            # init_state's warm-up of frame 0: skipped, features are computed when first needed.
+            return None
+        inference_state["cached_features"] = {frame_idx: (self._placeholder_image, features.get(frame_idx))}
+        return super()._get_image_feature(inference_state, frame_idx, batch_size)
+
+
+_init_state_lock = threading.Lock()
+
+
+def init_state_from_frames(predictor: VolumePredictor, frames, features: VolumeFeatures, height: int, width: int):
+    """SAM 2's own ``init_state`` on in-memory frames (see the module docstring)."""
+
+    def load_in_memory_frames(**_kwargs):
+        return frames, height, width
+
+    with _init_state_lock:
+        original = sam2_video_predictor_module.load_video_frames
+        sam2_video_predictor_module.load_video_frames = load_in_memory_frames
+        try:
+            state = predictor.init_state(video_path="<in-memory volume>", offload_video_to_cpu=True)
+        finally:
+            sam2_video_predictor_module.load_video_frames = original
+    state["volume_features"] = features
+    return state
+
+
+def build_predictor(checkpoint: ResolvedCheckpoint, device: str = "cpu", image_size: int | None = None):
+    """Build the SAM 2 video predictor for a resolved checkpoint (or random weights, loudly)."""
+    overrides = [f"++model.image_size={int(image_size)}"] if image_size else []
+    if checkpoint.random_weights:
+        logger.warning(RANDOM_WEIGHTS_WARNING)
+    predictor = build_sam2_video_predictor(
+        checkpoint.config, ckpt_path=checkpoint.path, device=device, hydra_overrides_extra=overrides
+    )
+    # Swap in our subclass; it adds no state, it only changes where image features come from.
+    predictor.__class__ = VolumePredictor
+    # The hole-filling post-processing needs SAM 2's CUDA extension, which CPU installs do not build;
+    # without it SAM 2 logs a warning on every frame. Fill nothing, so CPU and GPU behave the same.
+    predictor.fill_hole_area = 0
+    return predictor
+
+
+def autocast_for(device: str, dtype: str | None):
+    """bf16 autocast on CUDA (as SAM 2's own demos run it); plain float32 elsewhere."""
+    if dtype in (None, "float32", "fp32") or not str(device).startswith("cuda"):
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if dtype in ("bfloat16", "bf16") else torch.float16)
