@@ -4,17 +4,23 @@
         --conf checkpoint sam2.1_hiera_tiny
 
 The app is thin: ``lib/configs/sam2_3d.py`` builds one SAM 2 engine and its infer tasks;
-``lib/activelearning`` hands out the next image to annotate.
+``lib/activelearning`` hands out the next image to annotate; ``lib/datastore`` stores final labels
+in a DICOMweb PACS (e.g. Orthanc) as DICOM SEG written by highdicom.
 """
 
 from __future__ import annotations
 
 import logging
 
+from fastapi import HTTPException
+
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.interfaces.app import MONAILabelApp
 
-from lib.activelearning import strategies
+from lib.activelearning import record_confidence, strategies
 from lib.configs.sam2_3d import Sam2Config
+from lib.datastore.dicomweb import Sam2DICOMWebDatastore
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +45,56 @@ class Sam2App(MONAILabelApp):
     def init_strategies(self):
         return strategies(self)
 
+    def _download_dcmqi_tools(self):
+        # monailabel downloads dcmqi from GitHub at start-up for its SEG conversion; offline that kills the
+        # server. This app writes SEG with highdicom (lib/datastore/seg.py) and never calls dcmqi.
+        logger.info("dcmqi not needed: DICOM SEG is written with highdicom")
+
+    def _init_dicomweb_datastore(self):
+        if "googleapis.com" in self.studies:  # keep monailabel's Google Cloud credential handling as is
+            return super()._init_dicomweb_datastore()
+        logger.info(f"Using DICOMweb: {self.studies} (final labels stored back as highdicom DICOM SEG)")
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            from dicomweb_client.session_utils import create_session_from_user_pass
+
+            session = create_session_from_user_pass(
+                settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+            )
+        client = DICOMwebClientX(
+            url=self.studies,
+            session=session,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
+        cache_path = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+        return Sam2DICOMWebDatastore(
+            client=client,
+            search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+            cache_path=cache_path or None,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+            convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+            labels=list(self.model_config.labels),
+        )
+
     def infer(self, request, datastore=None):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so
         # tasks can name it in errors and find the image's saved labels.
         request = dict(request)
         request.setdefault("image_id", request.get("image"))
-        return super().infer(request, datastore)
+        result = super().infer(request, datastore)
+        scores = (result.get("params") or {}).get("slice_scores")
+        if scores and isinstance(request.get("image_id"), str):
+            record_confidence(datastore or self.datastore(), request["image_id"], request.get("model"), scores)
+        return result
+
+    def next_sample(self, request):
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            # monailabel answers an unknown strategy with HTTP 500; say which ones exist instead.
+            raise HTTPException(
+                status_code=404,
+                detail=f"unknown active-learning strategy {strategy!r}; known: {', '.join(sorted(self._strategies))}",
+            )
+        return super().next_sample(request)

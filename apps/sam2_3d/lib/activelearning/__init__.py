@@ -1,8 +1,103 @@
-"""Active-learning strategies: which unlabelled image an annotator gets next."""
+"""Active-learning strategies: which unlabelled image an annotator gets next.
 
-from monailabel.tasks.activelearning.first import First
+* ``random`` - monailabel's own (weighted towards images not handed out recently);
+* ``first``  - the first unlabelled image in id order that no *other* client was given in the last
+  ``lease_s`` seconds, so two annotators asking at once do not get the same image;
+* ``sam2_low_confidence`` - the unlabelled image whose last SAM 2 propagation had the lowest mean
+  per-slice object score (see ``record_confidence``); images never segmented come after, in ``first`` order.
+
+Why the confidence strategy is worth having: SAM 2 is interactive, so no score exists for an image nobody
+has prompted (there is nothing to "batch score" without a prompt), but every propagation yields SAM 2's own
+per-slice object-presence probability. An image whose propagation was unsure (low mean score) is one
+where the annotator's corrections are most needed, so it is the one to finish first; a confident one can
+wait for a quick review. This is a review queue ordered by the model's own doubt, not classic
+uncertainty sampling over an unlabelled pool, and it says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.tasks.activelearning.random import Random
+
+logger = logging.getLogger(__name__)
+
+CONFIDENCE_KEY = "sam2_confidence"
+DEFAULT_LEASE_S = 600
+
+
+class First(Strategy):
+    def __init__(self, lease_s: int = DEFAULT_LEASE_S):
+        super().__init__("First unlabelled image (in id order) not handed to another annotator recently")
+        self.lease_s = lease_s
+
+    def __call__(self, request, datastore: Datastore):
+        images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
+        if not images:
+            return None
+        free = _not_leased(images, request, datastore, self.lease_s)
+        image = (free or images)[0]
+        logger.info(f"first: {image} ({len(free)} of {len(images)} unlabelled images not leased to others)")
+        return {"id": image}
+
+
+class LowestSam2Confidence(Strategy):
+    def __init__(self, lease_s: int = DEFAULT_LEASE_S):
+        super().__init__("Unlabelled image whose last SAM 2 propagation was least confident (mean slice score)")
+        self.lease_s = lease_s
+
+    def __call__(self, request, datastore: Datastore):
+        images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
+        if not images:
+            return None
+        pool = _not_leased(images, request, datastore, self.lease_s) or images
+
+        def key(image_id):
+            score = datastore.get_image_info(image_id).get(CONFIDENCE_KEY, {}).get("mean_slice_score")
+            return (0, float(score), image_id) if score is not None else (1, 0.0, image_id)
+
+        ranked = sorted(pool, key=key)
+        best = ranked[0]
+        score = key(best)[1] if key(best)[0] == 0 else None
+        logger.info(f"sam2_low_confidence: {best} (mean slice score {score})")
+        return {"id": best, "sam2_mean_slice_score": score}
+
+
+def _not_leased(images, request, datastore: Datastore, lease_s: int) -> list:
+    client = request.get("client_id")
+    strategy = request.get("strategy")
+    now = time.time()
+    free = []
+    for image in images:
+        given = datastore.get_image_info(image).get("strategy", {}).get(strategy, {})
+        leased_to_other = given.get("client_id") not in (None, client) and now - given.get("ts", 0) < lease_s
+        if not leased_to_other:
+            free.append(image)
+    return free
+
+
+def record_confidence(datastore: Datastore, image_id: str, model: str, slice_scores: dict) -> bool:
+    """Keep the mean per-slice SAM 2 object score of the image's last propagation in its datastore info."""
+    if not slice_scores or not image_id:
+        return False
+    values = [float(v) for v in slice_scores.values()]
+    info = {
+        "mean_slice_score": round(sum(values) / len(values), 4),
+        "min_slice_score": round(min(values), 4),
+        "slices": len(values),
+        "model": model,
+        "ts": int(time.time()),
+    }
+    try:
+        datastore.update_image_info(image_id, {CONFIDENCE_KEY: info})
+        return True
+    except Exception as e:  # images of a session (Slicer's local volumes) are not in the datastore
+        logger.debug(f"no confidence recorded for {image_id!r}: {e}")
+        return False
 
 
 def strategies(app) -> dict:
-    return {"random": Random(), "first": First()}
+    return {"random": Random(), "first": First(), "sam2_low_confidence": LowestSam2Confidence()}

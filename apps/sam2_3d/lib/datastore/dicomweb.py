@@ -1,0 +1,198 @@
+"""A DICOMweb datastore (e.g. Orthanc) whose final labels go back to the PACS as highdicom DICOM SEG.
+
+Differences from monailabel 0.8.5's ``DICOMWebDatastore``, each for a failure seen with the shipped one:
+
+* final labels become SEG through highdicom (``seg.py``), not dcmqi (absent here, downloaded at start-up);
+* an unknown or malformed SeriesInstanceUID is a 404/400 naming it, not an IndexError (HTTP 500);
+* the lists of series and of labelled series are cached only briefly and dropped on every save, so a
+  label saved as final takes its image out of the annotation queue at once (the shipped TTL cache kept
+  handing out the image for minutes);
+* the label is kept in the local cache *before* the STOW, so a PACS that refuses the SEG loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from fastapi import HTTPException
+from pydicom.dataset import Dataset
+
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.utils.convert import binary_to_image
+from monailabel.datastore.utils.dicom import dicom_web_download_series, dicom_web_upload_dcm
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+from ..engine.errors import EngineInputError
+from . import seg as dicom_seg
+
+logger = logging.getLogger(__name__)
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+LIST_TTL_S = 10.0
+
+
+def _http(e: EngineInputError) -> HTTPException:
+    return HTTPException(status_code=e.status_code, detail=str(e))
+
+
+class Sam2DICOMWebDatastore(DICOMWebDatastore):
+    def __init__(self, *args, labels: Optional[List[str]] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._labels = list(labels or [])
+        self._lists: Dict[str, tuple] = {}
+        self._lists_lock = threading.Lock()
+        self._download_lock = threading.Lock()
+
+    # -- short-lived caches of the PACS listings ---------------------------------------------------
+    def _cached(self, key: str, compute):
+        with self._lists_lock:
+            hit = self._lists.get(key)
+            if hit and time.time() - hit[0] < LIST_TTL_S:
+                return list(hit[1])
+        value = compute()
+        with self._lists_lock:
+            self._lists[key] = (time.time(), value)
+        return list(value)
+
+    def invalidate(self) -> None:
+        with self._lists_lock:
+            self._lists.clear()
+
+    def list_images(self) -> List[str]:
+        def compute():
+            datasets = self._client.search_for_series(search_filters=self._search_filter)
+            series = [str(Dataset.from_json(ds)["SeriesInstanceUID"].value) for ds in datasets]
+            # A PACS also lists our own SEG series; they are labels, not images to annotate.
+            modalities = [str(Dataset.from_json(ds).get("Modality", "")) for ds in datasets]
+            return [s for s, m in zip(series, modalities) if m != "SEG"]
+
+        return self._cached("images", compute)
+
+    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        return self._cached("labeled", lambda: DICOMWebDatastore.get_labeled_images.__wrapped__(self, label_tag, labels))
+
+    # -- images ------------------------------------------------------------------------------------
+    def _check_series_id(self, image_id: str) -> None:
+        if not isinstance(image_id, str) or not UID_RE.match(image_id) or len(image_id) > 64:
+            raise HTTPException(
+                status_code=400,
+                detail=f"image {image_id!r} is not a SeriesInstanceUID (digits and dots, at most 64 characters); "
+                f"with a DICOMweb datastore images are named by their SeriesInstanceUID",
+            )
+
+    def get_image_uri(self, image_id: str) -> str:
+        self._check_series_id(image_id)
+        image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        image_nii_gz = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if os.path.exists(image_nii_gz) or (not self._convert_to_nifti and os.path.isdir(image_dir) and os.listdir(image_dir)):
+            return super().get_image_uri(image_id)
+        found = self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id})
+        if not [s for s in found if s.get("0020000E", {}).get("Value") == [image_id]]:
+            raise HTTPException(
+                status_code=404, detail=f"no series with SeriesInstanceUID {image_id} in the PACS {self._client.base_url}"
+            )
+        # Two clients opening the same new series at once would both download into one folder.
+        with self._download_lock:
+            return super().get_image_uri(image_id)
+
+    # -- labels ------------------------------------------------------------------------------------
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        if label_tag != DefaultLabelTag.FINAL:
+            return LocalDatastore.get_label_uri(self, label_id, label_tag)
+        # A final label saved through this server is in the local cache under its image id.
+        local = LocalDatastore.get_label_uri(self, image_id or label_id, label_tag)
+        if local and os.path.exists(local):
+            return local
+        if not image_id:
+            return ""
+        # Otherwise label_id is a SEG series found in the PACS (e.g. saved by another server): fetch it and
+        # put it on the image's grid, referencing frames by their source SOP Instance UIDs.
+        self.get_image_uri(image_id)
+        label_dir = os.path.realpath(os.path.join(self._datastore.label_path(label_tag), label_id))
+        if not os.path.exists(label_dir) or not os.listdir(label_dir):
+            dicom_web_download_series(None, label_id, label_dir, self._client, self._fetch_by_frame)
+        seg_files = sorted(os.path.join(label_dir, f) for f in os.listdir(label_dir))
+        image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        out = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+        dicom_seg.seg_to_label_file(seg_files[0], image_dir, out)
+        info = {"SeriesInstanceUID": label_id, "source": "dicom-seg"}
+        LocalDatastore.save_label(self, image_id, out, label_tag, info)
+        os.unlink(out)
+        return LocalDatastore.get_label_uri(self, image_id, label_tag)
+
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any], label_id: str = ""
+    ) -> str:
+        image_uri = self.get_image_uri(image_id)
+        label_ext = "".join(pathlib.Path(label_filename).suffixes)
+        converted = ""
+        if label_ext == ".bin":
+            converted = label_filename = binary_to_image(image_uri, label_filename)
+        try:
+            if label_tag != DefaultLabelTag.FINAL:
+                return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+            image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+            names = dicom_seg.label_names(label_info.get("label_info"), self._labels)
+            try:
+                seg_file = dicom_seg.write_seg_from_file(image_dir, label_filename, names)
+            except EngineInputError as e:
+                raise _http(e) from e
+            # Keep the label before talking to the PACS: a refused STOW must not lose the annotator's work.
+            label_id = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+            try:
+                seg_series = dicom_web_upload_dcm(seg_file, self._client)
+            except Exception as e:
+                raise HTTPException(
+                    status_code=502,
+                    detail=f"the PACS refused the DICOM SEG ({e}); the label is kept on this server as "
+                    f"'{label_tag}' for {image_id} but is not in the PACS",
+                ) from e
+            finally:
+                os.unlink(seg_file)
+            image_info = self.get_image_info(image_id)
+            LocalDatastore.update_label_info(
+                self,
+                image_id,
+                label_tag,
+                {
+                    "SeriesInstanceUID": seg_series,
+                    "Modality": "SEG",
+                    "PatientID": image_info.get("PatientID"),
+                    "StudyInstanceUID": image_info.get("StudyInstanceUID"),
+                },
+            )
+            logger.info(f"final label of {image_id} stored in the PACS as SEG series {seg_series}")
+            return label_id
+        finally:
+            self.invalidate()
+            if converted and os.path.exists(converted):
+                os.unlink(converted)
+
+    def _download_labeled_data(self):
+        # The shipped version also *deletes* local final labels that have no SEG in the PACS; a label whose
+        # STOW failed would then be lost. Here the PACS only adds labels, never removes local ones.
+        have = set(LocalDatastore.get_labeled_images(self, DefaultLabelTag.FINAL))
+        images = set(self.list_images())
+        for ds in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            seg = Dataset.from_json(ds)
+            meta = Dataset.from_json(
+                self._client.retrieve_series_metadata(str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID))[0]
+            )
+            refs = meta.get("ReferencedSeriesSequence")
+            image_id = str(refs[0].SeriesInstanceUID) if refs else ""
+            if image_id in images and image_id not in have:
+                self.get_label_uri(str(seg.SeriesInstanceUID), DefaultLabelTag.FINAL, image_id)
+                have.add(image_id)
+
+    def datalist(self, full_path=True) -> List[Dict[str, Any]]:
+        self._download_labeled_data()
+        return LocalDatastore.datalist(self, full_path)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# System packages the client tests need: Orthanc + its DICOMweb plugin (a real PACS on loopback) and
+# Debian's Chromium (driven by Playwright; Playwright's own browser download cannot work offline).
+# Idempotent: packages already present are not reinstalled; apt-get update runs at most once.
+#
+#   scripts/setup_system.sh          # needs root (or sudo) for apt-get
+set -euo pipefail
+want=()
+command -v Orthanc >/dev/null 2>&1 || want+=(orthanc)
+ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 || want+=(orthanc-dicomweb)
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
+if [ ${#want[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "setup_system: installing ${want[*]}"
+  $SUDO apt-get update -qq
+  # Orthanc's package starts a service on install where an init system runs; the tests start their own
+  # instance on a free loopback port with their own config, so that one is not used.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+fi
+echo "setup_system: Orthanc $(Orthanc --version 2>/dev/null | head -1 | awk '{print $NF}'), $(chromium --version 2>/dev/null)"
