@@ -7,7 +7,9 @@ Differences from monailabel 0.8.5's ``DICOMWebDatastore``, each for a failure se
 * the lists of series and of labelled series are cached only briefly and dropped on every save, so a
   label saved as final takes its image out of the annotation queue at once (the shipped TTL cache kept
   handing out the image for minutes);
-* the label is kept in the local cache *before* the STOW, so a PACS that refuses the SEG loses nothing.
+* the label is kept in the local cache *before* the STOW, so a PACS that refuses the SEG loses nothing;
+* series are retrieved whole in their stored transfer syntax (``download_series``), so monailabel's
+  ``MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME`` option has no effect here.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pydicom.dataset import Dataset
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
-from monailabel.datastore.utils.dicom import dicom_web_download_series, dicom_web_upload_dcm
+from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..engine.errors import EngineInputError
@@ -38,6 +40,28 @@ logger = logging.getLogger(__name__)
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 LIST_TTL_S = 10.0
+
+
+def download_series(client, series_id: str, save_dir: str) -> None:
+    """WADO-RS retrieve of a whole series in its *stored* transfer syntax.
+
+    monailabel asks for explicit VR little endian; Orthanc without its GDCM plugin cannot transcode
+    JPEG 2000 (the TotalSegmentator series) and answers 500 "Cannot transcode image". Asking for the
+    stored syntax (``*``) needs no transcoding; SimpleITK (GDCM) and highdicom read it as is.
+    """
+    found = [s for s in client.search_for_series(search_filters={"SeriesInstanceUID": series_id})
+             if s.get("0020000E", {}).get("Value") == [series_id]]
+    if not found:
+        raise HTTPException(status_code=404, detail=f"no series with SeriesInstanceUID {series_id} in the PACS {client.base_url}")
+    study_id = found[0]["0020000D"]["Value"][0]
+    instances = client.retrieve_series(study_id, series_id, media_types=(("application/dicom", "*"),))
+    tmp = save_dir + ".part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for instance in instances:
+        instance.save_as(os.path.join(tmp, f"{instance.SOPInstanceUID}.dcm"))
+    shutil.rmtree(save_dir, ignore_errors=True)
+    os.rename(tmp, save_dir)  # a half-downloaded series is never mistaken for a complete one
 
 
 def _http(e: EngineInputError) -> HTTPException:
@@ -95,13 +119,10 @@ class Sam2DICOMWebDatastore(DICOMWebDatastore):
         image_nii_gz = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
         if os.path.exists(image_nii_gz) or (not self._convert_to_nifti and os.path.isdir(image_dir) and os.listdir(image_dir)):
             return super().get_image_uri(image_id)
-        found = self._client.search_for_series(search_filters={"SeriesInstanceUID": image_id})
-        if not [s for s in found if s.get("0020000E", {}).get("Value") == [image_id]]:
-            raise HTTPException(
-                status_code=404, detail=f"no series with SeriesInstanceUID {image_id} in the PACS {self._client.base_url}"
-            )
         # Two clients opening the same new series at once would both download into one folder.
         with self._download_lock:
+            if not os.path.isdir(image_dir) or not os.listdir(image_dir):
+                download_series(self._client, image_id, image_dir)
             return super().get_image_uri(image_id)
 
     # -- labels ------------------------------------------------------------------------------------
@@ -119,7 +140,7 @@ class Sam2DICOMWebDatastore(DICOMWebDatastore):
         self.get_image_uri(image_id)
         label_dir = os.path.realpath(os.path.join(self._datastore.label_path(label_tag), label_id))
         if not os.path.exists(label_dir) or not os.listdir(label_dir):
-            dicom_web_download_series(None, label_id, label_dir, self._client, self._fetch_by_frame)
+            download_series(self._client, label_id, label_dir)
         seg_files = sorted(os.path.join(label_dir, f) for f in os.listdir(label_dir))
         image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
         out = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
