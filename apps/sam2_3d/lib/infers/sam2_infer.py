@@ -102,6 +102,7 @@ class Sam2InferTask(InferTask):
         if _truthy(request.get("reset_state")) or (session.label is not None and session.label != label_name):
             session.reset()
         session.label = label_name
+        encoded_before = session.features.frames_encoded  # prompts on new slices encode them too
 
         if self.kind == "slice2d":
             k, prompt = self._slice2d_prompt(request, geo)
@@ -116,7 +117,9 @@ class Sam2InferTask(InferTask):
 
         out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
         write_label(label_image_like(result.mask, session.volume.image), out_file)
-        return out_file, self._result_json(result, session, label_name)
+        answer = self._result_json(result, session, label_name)
+        answer["frames_encoded"] = session.features.frames_encoded - encoded_before
+        return out_file, answer
 
     # -- request parsing -----------------------------------------------------------------------
     def _check_checkpoint(self, request):
@@ -248,7 +251,6 @@ class Sam2InferTask(InferTask):
             "processed_range": list(result.processed_range) if result.processed_range else None,
             "slice_scores": {str(k): round(v, 4) for k, v in result.scores.items()},
             "stopped_early": result.stopped_early,
-            "frames_encoded": result.frames_encoded,
             "latency_s": round(result.seconds, 3),
         }
 
