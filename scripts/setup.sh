@@ -15,7 +15,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 stamp=.venv/.sam2-3d-installed
-want=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat requirements*.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -27,6 +27,8 @@ fi
 python -m pip install -q -r requirements.txt
 SAM2_BUILD_CUDA=0 python -m pip install -q --no-build-isolation --no-deps sam2==1.1.0
 python -m pip install -q --no-deps monailabel==0.8.5
-python -m pip install -q -r requirements-test.txt
+for extra in requirements-eval.txt requirements-test.txt; do
+  if [ -f "$extra" ]; then python -m pip install -q -r "$extra"; fi
+done
 python -c "import torch, sam2, monailabel, monai; print('sam2-3d env ready: torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 echo "$want" > "$stamp"
