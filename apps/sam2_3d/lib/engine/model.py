@@ -46,6 +46,8 @@ class FeatureCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        # The position encoding depends only on the model's input size, not on the image: one copy.
+        self.pos_enc: list[torch.Tensor] | None = None
 
     @staticmethod
     def _nbytes(fpn: list[torch.Tensor]) -> int:
@@ -93,7 +95,6 @@ class VolumeFeatures:
         self.volume_key = volume_key
         self.cache = cache
         self.batch_size = max(1, int(batch_size))
-        self.pos_enc = None  # the position encoding depends on the image size only: one copy per volume
         # Set by the engine before each pass so a miss prefetches the frames the pass will need next.
         self.direction = 1
         self.bounds = (0, len(frames) - 1)
@@ -105,15 +106,15 @@ class VolumeFeatures:
         with torch.inference_mode():
             out = self.model.forward_image(batch)
         self.frames_encoded += len(indices)
-        if self.pos_enc is None:
-            self.pos_enc = [p[:1].clone() for p in out["vision_pos_enc"]]
+        if self.cache.pos_enc is None:
+            self.cache.pos_enc = [p[:1].clone() for p in out["vision_pos_enc"]]
         for n, k in enumerate(indices):
             fpn = [f[n : n + 1].clone() if len(indices) > 1 else f for f in out["backbone_fpn"]]
             self.cache.put((self.volume_key, k), fpn)
 
     def get(self, frame_idx: int) -> dict:
         fpn = self.cache.get((self.volume_key, frame_idx))
-        if fpn is None or self.pos_enc is None:
+        if fpn is None or self.cache.pos_enc is None:
             lo, hi = self.bounds
             indices = [frame_idx]
             k = frame_idx + self.direction
@@ -126,7 +127,7 @@ class VolumeFeatures:
             if fpn is None:  # the cache is smaller than one batch: fall back to this frame alone
                 self._encode([frame_idx])
                 fpn = self.cache.get((self.volume_key, frame_idx))
-        return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self.pos_enc)}
+        return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self.cache.pos_enc)}
 
 
 class VolumePredictor(SAM2VideoPredictor):
