@@ -34,6 +34,15 @@ from .model import FeatureCache, VolumeFeatures, autocast_for, init_state_from_f
 logger = logging.getLogger(__name__)
 
 OBJ_ID = 1  # one object (the current label) per session; a label switch resets the session
+# An incremental pass stops once its masks equal the previous result (IoU >= REJOIN_IOU) on this many
+# consecutive slices: from there on the previous result stands.
+REJOIN_SLICES = 2
+REJOIN_IOU = 0.98
+
+
+def _same_mask(a: np.ndarray, b: np.ndarray) -> bool:
+    union = np.count_nonzero(a | b)
+    return union == 0 or np.count_nonzero(a & b) / union >= REJOIN_IOU
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,10 @@ class Propagation:
     stopped_early: dict[str, int | None]  # direction -> slice where auto-stop ended it, None if not
     frames_encoded: int
     seconds: float
+    # Slice spans [a, b] this call actually ran SAM 2's propagation over (an incremental call runs only
+    # outward from the changed slices); "full" or "incremental" or "cached" (nothing changed).
+    propagated_spans: list[tuple[int, int]] = field(default_factory=list)
+    how: str = "full"
 
 
 class Volume:
@@ -97,6 +110,10 @@ class Session:
         self.label: str | None = None
         self.prompts: dict[int, SlicePrompt] = {}
         self.last: Propagation | None = None
+        # What an incremental propagation needs: the (lo, hi, auto_stop) of the last 3D propagation
+        # whose result is ``self.last``, and the slices whose prompts changed since then.
+        self._last_3d: tuple[int, int, int] | None = None
+        self._pending: set[int] = set()
         self.features = VolumeFeatures(
             engine.predictor, volume.frames, volume.key, engine.feature_cache, engine.feature_batch_size
         )
@@ -114,6 +131,8 @@ class Session:
         self.engine.predictor.reset_state(self.state)
         self.prompts.clear()
         self.last = None
+        self._last_3d = None
+        self._pending.clear()
 
     def set_prompts(self, prompts: dict[int, SlicePrompt]) -> list[int]:
         """Make SAM 2's prompts equal ``prompts``; return the slices whose prompts changed."""
@@ -126,12 +145,14 @@ class Session:
                 predictor.clear_all_prompts_in_frame(self.state, k, OBJ_ID, need_output=False)
                 del self.prompts[k]
                 changed.append(k)
+                self._last_3d = None  # a removed prompt's influence is everywhere: re-propagate fully
             for k, prompt in sorted(prompts.items()):
                 if self.prompts.get(k) == prompt:
                     continue
                 self._add(k, prompt)
                 self.prompts[k] = prompt
                 changed.append(k)
+                self._pending.add(k)
         return sorted(changed)
 
     def _add(self, k: int, prompt: SlicePrompt) -> np.ndarray:
@@ -165,6 +186,7 @@ class Session:
             encoded = self.features.frames_encoded
             mask = self._add(k, prompt)
             self.prompts[k] = prompt
+            self._last_3d = None
             score = self._score(k)
             out = np.zeros(self.volume.slices_u8.shape, dtype=np.uint8)
             out[k] = mask
@@ -175,7 +197,38 @@ class Session:
             return mask, score
 
     # -- 3D ------------------------------------------------------------------------------------
-    def propagate(self, lo: int, hi: int, auto_stop: int = 0) -> Propagation:
+    def propagate(
+        self, lo: int, hi: int, auto_stop: int = 0, incremental: bool = True, rejoin: int = REJOIN_SLICES
+    ) -> Propagation:
+        """Propagate the current prompts through ``[lo, hi]``; see :meth:`_propagate_full`.
+
+        With ``incremental`` (the default), when the last result came from a 3D propagation over the
+        same range and since then prompts were only added or changed (none removed), only the changed
+        slices are propagated from, outward in both directions, each direction ending at the next
+        prompted slice, at the range end, at an auto-stop, or once the new masks have agreed with the
+        previous result on ``rejoin`` consecutive slices (``rejoin=0``: never). Everything else keeps
+        the previous result, which is what makes a correction cost the slices it changes, not the
+        volume. Nothing changed at all: the previous result is returned without running the network.
+        ``incremental=False`` always runs the full recipe below.
+        """
+        prompted = sorted(self.prompts)
+        outside = [k for k in prompted if not lo <= k <= hi]
+        if outside:
+            raise PromptError(f"prompted slice(s) {outside} lie outside the slice range [{lo}, {hi}]")
+        if not prompted:
+            raise PromptError("no prompt given: add at least one foreground point, a box or a mask")
+        if incremental and self.last is not None and self._last_3d == (lo, hi, auto_stop):
+            if not self._pending:
+                last = self.last
+                self.last = Propagation(
+                    last.mask, last.prompted_slices, last.slice_range, last.processed_range, last.scores,
+                    last.stopped_early, 0, 0.0, [], "cached",
+                )
+                return self.last
+            return self._propagate_incremental(lo, hi, auto_stop, rejoin)
+        return self._propagate_full(lo, hi, auto_stop)
+
+    def _propagate_full(self, lo: int, hi: int, auto_stop: int = 0) -> Propagation:
         """Propagate the current prompts through ``[lo, hi]``, both directions from the first prompt.
 
         This is SAM 2's own recipe (``propagate_in_video`` forward from the earliest prompted frame,
@@ -222,11 +275,93 @@ class Session:
             if prompt.mask is not None:
                 mask[k] = prompt.mask
         processed = (min(scores), max(scores)) if scores else None
+        spans = [(min(scores), max(scores))] if scores else []
         self.last = Propagation(
             mask, prompted, (lo, hi), processed, dict(sorted(scores.items())), stopped,
-            self.features.frames_encoded - encoded, time.perf_counter() - t0,
+            self.features.frames_encoded - encoded, time.perf_counter() - t0, spans, "full",
         )
+        self._last_3d = (lo, hi, auto_stop)
+        self._pending.clear()
         return self.last
+
+    def _propagate_incremental(self, lo: int, hi: int, auto_stop: int, rejoin: int) -> Propagation:
+        """Re-propagate outward from the slices whose prompts changed (see :meth:`propagate`).
+
+        SAM 2's state still holds the previous pass's per-slice outputs, so a pass starting at a
+        corrected slice uses, as SAM 2's own interactive refinement does, all prompted slices plus the
+        slices just tracked as memory; slices it does not reach keep their previous masks and outputs.
+        """
+        predictor = self.engine.predictor
+        prev = self.last
+        prompted = sorted(self.prompts)
+        t0 = time.perf_counter()
+        encoded = self.features.frames_encoded
+        mask = prev.mask.copy()
+        scores = dict(prev.scores)
+        stopped = dict(prev.stopped_early)
+        spans: list[tuple[int, int]] = []
+        with self.engine.lock, torch.inference_mode(), self.engine.autocast():
+            for c in sorted(self._pending):
+                below = max((p for p in prompted if p < c), default=None)
+                above = min((p for p in prompted if p > c), default=None)
+                for reverse in (False, True):
+                    if reverse:
+                        outer, end = below is None, (lo if below is None else below + 1)
+                    else:
+                        outer, end = above is None, (hi if above is None else above - 1)
+                    span = abs(end - c)
+                    if span == 0 and reverse:
+                        continue  # the forward pass already emitted c itself
+                    direction = -1 if reverse else 1
+                    self.features.direction = direction
+                    self.features.bounds = (min(c, end), max(c, end))
+                    agree_run = absent_run = 0
+                    reached = c
+                    for k, _, masks in predictor.propagate_in_video(
+                        self.state, start_frame_idx=c, max_frame_num_to_track=span, reverse=reverse
+                    ):
+                        new = (masks[0, 0] > 0).cpu().numpy()
+                        old_known = k in prev.scores
+                        agree = k != c and _same_mask(new, mask[k]) and (old_known or not new.any())
+                        mask[k] = new
+                        scores[k] = self._score(k)
+                        reached = k
+                        agree_run = agree_run + 1 if agree else 0
+                        absent_run = absent_run + 1 if scores[k] < 0.5 else 0
+                        if outer and auto_stop and absent_run >= auto_stop and k != c:
+                            stopped["reverse" if reverse else "forward"] = k
+                            self._forget_beyond(k, end, direction, mask, scores)
+                            break
+                        if rejoin and agree_run >= rejoin:
+                            break
+                    else:
+                        if outer:
+                            stopped["reverse" if reverse else "forward"] = None
+                    spans.append((min(c, reached), max(c, reached)))
+        for k, prompt in self.prompts.items():
+            if prompt.mask is not None:
+                mask[k] = prompt.mask
+        processed = (min(scores), max(scores)) if scores else None
+        self.last = Propagation(
+            mask, prompted, (lo, hi), processed, dict(sorted(scores.items())), stopped,
+            self.features.frames_encoded - encoded, time.perf_counter() - t0, sorted(spans), "incremental",
+        )
+        self._pending.clear()
+        return self.last
+
+    def _forget_beyond(self, k: int, end: int, direction: int, mask: np.ndarray, scores: dict) -> None:
+        """Auto-stop ended a pass at k: slices past it lose their previous result and SAM 2 outputs,
+        as a full propagation would never have reached them."""
+        obj_idx = self.state["obj_id_to_idx"][OBJ_ID]
+        non_cond = self.state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"]
+        tracked = self.state["frames_tracked_per_obj"][obj_idx]
+        for j in range(k + direction, end + direction, direction):
+            if j in self.prompts:
+                break
+            mask[j] = 0
+            scores.pop(j, None)
+            non_cond.pop(j, None)
+            tracked.pop(j, None)
 
     def _drop_unprompted_outputs(self) -> None:
         for obj_idx, out in self.state["output_dict_per_obj"].items():
