@@ -112,13 +112,16 @@ class Sam2InferTask(InferTask):
             prompts, (lo, hi) = self._prompts_and_range(request, geo, session)
             changed = session.set_prompts(prompts)
             auto_stop = int(request.get("auto_stop", DEFAULT_AUTO_STOP) or 0)
-            result = session.propagate(lo, hi, auto_stop=auto_stop)
+            incremental = _truthy(request.get("incremental", True))  # false: always re-propagate fully
+            result = session.propagate(lo, hi, auto_stop=auto_stop, incremental=incremental)
             logger.info(f"{self.kind}: changed slices {changed}, processed {result.processed_range}")
 
         out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
         write_label(label_image_like(result.mask, session.volume.image), out_file)
         answer = self._result_json(result, session, label_name)
         answer["frames_encoded"] = session.features.frames_encoded - encoded_before
+        answer["propagation"] = getattr(result, "how", "full")
+        answer["propagated_spans"] = [list(s) for s in getattr(result, "propagated_spans", [])]
         return out_file, answer
 
     # -- request parsing -----------------------------------------------------------------------
