@@ -34,14 +34,14 @@ def per_case_bars(path: str, cases: list[str], series: dict[str, list[float | No
     return _save(fig, path)
 
 
-def dice_along_z(path: str, panels: list[tuple[str, dict[str, list[float]], list[int], list[int]]]) -> str:
+def dice_along_z(path: str, panels: list[tuple[str, dict[str, list[float]], list[int], list[int], int]]) -> str:
     """One panel per case: Dice per slice of each series; grey: ground-truth area; marks: prompted slices."""
     n = len(panels)
     cols = min(2, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 2.4 * rows), squeeze=False)
-    for ax, (case, series, area, anchors) in zip(axes.flat, panels):
-        z = np.arange(len(area))
+    for ax, (case, series, area, anchors, k0) in zip(axes.flat, panels):
+        z = k0 + np.arange(len(area))  # slice index of the original volume (the evaluated grid may be a crop)
         twin = ax.twinx()
         twin.fill_between(z, area, color="0.85", step="mid")
         twin.set_yticks([])
@@ -53,7 +53,7 @@ def dice_along_z(path: str, panels: list[tuple[str, dict[str, list[float]], list
             ax.axvline(k, color="k", lw=0.6, ls=":")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(case, fontsize=8)
-        ax.set_xlabel("slice (evaluated grid)", fontsize=7)
+        ax.set_xlabel("slice k", fontsize=7)
         ax.set_ylabel("Dice", fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:

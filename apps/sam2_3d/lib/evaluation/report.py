@@ -113,12 +113,13 @@ def _along_z(figdir, records) -> list[str]:
             for r in rec["results"]:
                 if r.get("absent") or r["label"] != label:
                     continue
-                _, series, area, anchors = panels.setdefault(rec["case"], (rec["case"], {}, r["gt_area"], set()))
+                _, series, area, anchors, k0 = panels.setdefault(
+                    rec["case"], (rec["case"], {}, r["gt_area"], set(), rec["crop"][0]))
                 series[_series_name(rec["setting"], r["protocol"], multi)] = r["per_slice_dice"]
                 if r["anchor"] is not None:
-                    anchors.add(r["anchor"])
+                    anchors.add(r["anchor"] + k0)
         png = figures.dice_along_z(os.path.join(figdir, f"dice_along_z_{_safe(label)}.png"),
-                                   [(c, s, a, sorted(k)) for c, s, a, k in panels.values()])
+                                   [(c, s, a, sorted(k), k0) for c, s, a, k, k0 in panels.values()])
         lines += [f"![Dice along z, label {label}](figures/{os.path.basename(png)})", ""]
     return lines
 
