@@ -72,7 +72,7 @@ def worst_overlays(path: str, items: list[tuple[str, np.ndarray]], title: str) -
             ax.contour(gt, levels=[0.5], colors="lime", linewidths=0.8)
         if pred.any():
             ax.contour(pred, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(caption, fontsize=7)
+        ax.set_title(caption, fontsize=6)
         ax.axis("off")
     fig.suptitle(title + "  (green: ground truth, red: prediction)", fontsize=8)
     return _save(fig, path)

@@ -141,7 +141,7 @@ def _worst(figdir, store, records, per_figure: int = 4) -> list[str]:
         for dice, s, case, k, key in items:
             arrays = store.arrays(s, case)
             if key in arrays:
-                panels.append((f"{case} k={k} Dice {dice:.2f}", arrays[key]))
+                panels.append((f"{case}\nk={k}  Dice {dice:.2f}", arrays[key]))
         if not panels:
             continue
         png = figures.worst_overlays(os.path.join(figdir, f"worst_{_safe(setting)}_{_safe(label)}_{_safe(protocol)}.png"),
