@@ -27,7 +27,7 @@ def dataset(tmp_path_factory):
 
 
 def argv(data, out, *extra):
-    return ["--data", data, "--label", "fg=any", "--protocol", "mask", "box", "--random-weights",
+    return ["--data", data, "--label", "fg=any", "--protocol", "mask", "box", "clicks2", "slice2d", "--random-weights",
             "--image-size", str(TEST_IMAGE_SIZE), "--device", "cpu", "--z-margin", "0", "--max-slices", "4",
             "--out", str(out), "--no-progress", *extra]
 
@@ -55,7 +55,8 @@ def baseline(dataset, tmp_path_factory):
 def test_cli_writes_csv_json_and_labelled_report(baseline):
     with open(os.path.join(baseline, "results.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert [(r["case"], r["protocol"]) for r in rows] == [("cord", "mask"), ("cord", "box"), ("mr", "mask"), ("mr", "box")]
+    assert [(r["case"], r["protocol"]) for r in rows] == [
+        (c, p) for c in ("cord", "mr") for p in ("mask", "box", "clicks2", "slice2d")]
     for r in rows:
         assert 0.0 <= float(r["volume_dice"]) <= 1.0 and float(r["seconds"]) > 0
         assert int(r["crop_to"]) - int(r["crop_from"]) == 3
@@ -102,7 +103,20 @@ def test_ray_two_workers_equal_single_process(dataset, baseline, tmp_path):
     assert records(tmp_path) == records(baseline)
 
 
-def test_settings_are_compared_side_by_side():
+def test_two_settings_side_by_side(dataset, tmp_path):
+    args = argv(dataset, tmp_path, "--workers", "1", "--cases", "cord", "--setting", "minmax:preset=slice_minmax",
+                "--setting", "mr:preset=mr")
+    args[args.index("--protocol") + 1 : args.index("--random-weights")] = ["box"]
+    assert evaluate.main(args) == 0
+    with open(os.path.join(tmp_path, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["setting"], r["protocol"]) for r in rows] == [("minmax", "box"), ("mr", "box")]
+    report = open(os.path.join(tmp_path, "report.md")).read()
+    assert "| minmax | fg | box | 1 |" in report and "| mr | fg | box | 1 |" in report
+    assert [r["preset"] for rec in records(tmp_path) for r in rec["results"]] == ["slice_minmax", "mr"]
+
+
+def test_setting_syntax():
     base = {"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true"}
     s = runner.parse_setting("t512:image_size=512,preset=mr", base)
     assert s == {"name": "t512", "conf": {**base, "image_size": "512", "preset": "mr"}}
