@@ -92,6 +92,19 @@ def test_infer_by_series_uid_ohif_style(pacs_server):
     assert len(r.content) - len(header) - 2 == 512 * 512 * 20
 
 
+def test_wado_proxy_forwards_accept_so_the_pacs_need_not_transcode(pacs_server):
+    """OHIF asks for JPEG 2000 frames as stored; monailabel's proxy dropped Accept and Orthanc answered 500."""
+    import pydicom
+
+    folder = shared("totalseg_ct_dicom", "dicom_uids")
+    sop = pydicom.dcmread(os.path.join(folder, sorted(os.listdir(folder))[0]), stop_before_pixels=True).SOPInstanceUID
+    accept = 'multipart/related; type="image/jp2"; transfer-syntax=1.2.840.10008.1.2.4.90'  # what OHIF sends
+    r = requests.get(f"{pacs_server.url}/proxy/dicom/wado/studies/{STUDY_UID}/series/{SERIES_UID}/instances/{sop}/frames/1",
+                     headers={"Accept": accept}, timeout=60)
+    assert r.status_code == 200, r.text[:300]
+    assert "image/jp2" in r.headers["content-type"] and len(r.content) > 10_000
+
+
 @pytest.mark.parametrize(
     "image, status, words",
     [("1.2.3.4.5.6.7", 404, ["1.2.3.4.5.6.7", "PACS"]), ("../../etc/passwd", 400, ["SeriesInstanceUID"])],

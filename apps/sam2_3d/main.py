@@ -11,6 +11,7 @@ in a DICOMweb PACS (e.g. Orthanc) as DICOM SEG written by highdicom.
 from __future__ import annotations
 
 import logging
+import sys
 
 from fastapi import HTTPException
 
@@ -77,6 +78,14 @@ class Sam2App(MONAILabelApp):
             convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
             labels=list(self.model_config.labels),
         )
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        web = sys.modules.get("monailabel.app")  # the running web app; absent when the app is used in-process
+        if web is not None and self.studies.startswith(("http://", "https://")) and "googleapis.com" not in self.studies:
+            from lib.datastore import wado_proxy
+
+            wado_proxy.install(web.app)
 
     def infer(self, request, datastore=None):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so

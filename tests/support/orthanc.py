@@ -50,6 +50,8 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomServerEnabled": False,
+            # No GDCM plugin: Orthanc never has to transcode (see apps/sam2_3d/lib/datastore/wado_proxy.py);
+            # the Debian one (orthanc-gdcm 1.5) segfaulted after a dozen JPEG 2000 transcodes here.
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
             "StableAge": 1,
@@ -86,6 +88,29 @@ class Orthanc:
         for path in sorted(glob.glob(os.path.join(folder, "*"))):
             with open(path, "rb") as f:
                 r = requests.post(self.url + "/instances", data=f.read(), timeout=30)
+            out.append((os.path.basename(path), r.status_code, r.text[:300]))
+        return out
+
+    def upload_series_with_sop_class(self, folder: str) -> list[tuple[str, int, str]]:
+        """Upload a series after copying each file's SOP Class UID from its file meta into the dataset.
+
+        The TotalSegmentator series (``dicom_uids``) has an empty (0008,0016) SOP Class UID in every
+        dataset; the real one is only in the file meta (0002,0002). Orthanc stores it as is, but OHIF picks
+        a viewer for a series by (0008,0016): with it empty, OHIF makes no display set and the viewport
+        stays black (the "warning icon" on the series). A PACS fed by a scanner has it filled.
+        """
+        import pydicom
+
+        out = []
+        for path in sorted(glob.glob(os.path.join(folder, "*"))):
+            ds = pydicom.dcmread(path)
+            if not str(getattr(ds, "SOPClassUID", "") or "").strip():
+                ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+            import io
+
+            buf = io.BytesIO()
+            ds.save_as(buf, write_like_original=True)
+            r = requests.post(self.url + "/instances", data=buf.getvalue(), timeout=30)
             out.append((os.path.basename(path), r.status_code, r.text[:300]))
         return out
 
