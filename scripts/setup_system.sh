@@ -16,6 +16,6 @@ if [ ${#want[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   # Orthanc's package starts a service on install where an init system runs; the tests start their own
   # instance on a free loopback port with their own config, so that one is not used.
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}"
 fi
 echo "setup_system: Orthanc $(Orthanc --version 2>/dev/null | head -1 | awk '{print $NF}'), $(chromium --version 2>/dev/null)"

@@ -55,6 +55,7 @@ def _nrrd(body: bytes) -> tuple[dict, np.ndarray]:
     return fields, arr
 
 
+@pytest.mark.timeout(900)
 def test_ohif_lists_models_click_sends_infer_and_mask_is_drawn(ohif_stack):
     from playwright.sync_api import sync_playwright
 
