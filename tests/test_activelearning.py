@@ -137,3 +137,37 @@ def test_annotation_loop_first_lease_save_and_concurrent_saves(loop_server):
     for strategy in ("first", "random", "sam2_low_confidence"):
         assert _next(loop_server, strategy, "annotator-a") == {}, "every image is labelled: nothing to hand out"
     assert loop_server.alive()
+
+
+def test_same_image_saved_twice_at_once_keeps_every_version(loop_server):
+    """Two annotators submit the same image at the same moment: one version is the label, none is lost."""
+    image_id = IMAGES[0]
+    r = requests.get(loop_server.url + "/datastore/label", params={"label": image_id, "tag": "final"}, timeout=10)
+    assert r.status_code == 200, "the loop test above saved a final label for this image"
+    versions = {"earlier": r.content}
+    payloads = {c: _label_bytes(loop_server, image_id, value_slice=n) for n, c in ((4, "annotator-a"), (5, "annotator-b"))}
+    results = {}
+    threads = [threading.Thread(target=lambda c=c: results.__setitem__(c, _save_final(loop_server, image_id, payloads[c][0], c)))
+               for c in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in results.values()), {c: r.text for c, r in results.items()}
+
+    def arr_of(data: bytes) -> np.ndarray:
+        path = os.path.join(loop_server.scratch, "v.nii.gz")
+        open(path, "wb").write(data)
+        return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+    current = requests.get(loop_server.url + "/datastore/label", params={"label": image_id, "tag": "final"}, timeout=10)
+    info = requests.get(loop_server.url + "/datastore/label/info", params={"label": image_id, "tag": "final"}, timeout=10).json()
+    assert "replaces" in info, info
+    kept_dir = os.path.join(loop_server.folder, ".replaced_labels", "final")
+    kept = [open(os.path.join(kept_dir, f), "rb").read() for f in sorted(os.listdir(kept_dir)) if f.startswith(image_id + ".")]
+    assert len(kept) == 2, "the earlier label and the version saved first are both kept"
+    got = [arr_of(current.content)] + [arr_of(k) for k in kept]
+    wanted = [arr_of(versions["earlier"])] + [arr for _, arr in payloads.values()]
+    for w in wanted:
+        assert sum(np.array_equal(w, g) for g in got) == 1, "a version was lost (or kept twice)"
+    assert loop_server.alive()

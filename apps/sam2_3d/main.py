@@ -22,6 +22,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from lib.activelearning import record_confidence, strategies
 from lib.configs.sam2_3d import Sam2Config
 from lib.datastore.dicomweb import Sam2DICOMWebDatastore
+from lib.datastore.history import Sam2LocalDatastore
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,17 @@ class Sam2App(MONAILabelApp):
 
     def init_strategies(self):
         return strategies(self)
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        # monailabel's LocalDatastore, except that a replaced final label is kept (lib/datastore/history.py)
+        return Sam2LocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
 
     def _download_dcmqi_tools(self):
         # monailabel downloads dcmqi from GitHub at start-up for its SEG conversion; offline that kills the
@@ -93,8 +105,10 @@ class Sam2App(MONAILabelApp):
         request = dict(request)
         request.setdefault("image_id", request.get("image"))
         result = super().infer(request, datastore)
-        scores = (result.get("params") or {}).get("slice_scores")
-        if scores and isinstance(request.get("image_id"), str):
+        params = result.get("params") or {}
+        scores = params.get("slice_scores")
+        # a 2D click scores one slice; only a propagation says how sure SAM 2 was about the whole object
+        if scores and params.get("model_kind") != "slice2d" and isinstance(request.get("image_id"), str):
             record_confidence(datastore or self.datastore(), request["image_id"], request.get("model"), scores)
         return result
 

@@ -35,6 +35,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from ..engine.errors import EngineInputError
 from . import seg as dicom_seg
+from .history import KeepsReplacedLabels
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _http(e: EngineInputError) -> HTTPException:
     return HTTPException(status_code=e.status_code, detail=str(e))
 
 
-class Sam2DICOMWebDatastore(DICOMWebDatastore):
+class Sam2DICOMWebDatastore(KeepsReplacedLabels, DICOMWebDatastore):
     def __init__(self, *args, labels: Optional[List[str]] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._labels = list(labels or [])
@@ -160,7 +161,7 @@ class Sam2DICOMWebDatastore(DICOMWebDatastore):
             converted = label_filename = binary_to_image(image_uri, label_filename)
         try:
             if label_tag != DefaultLabelTag.FINAL:
-                return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+                return self._save_keeping_previous(image_id, label_filename, label_tag, label_info)
             image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
             names = dicom_seg.label_names(label_info.get("label_info"), self._labels)
             try:
@@ -168,7 +169,7 @@ class Sam2DICOMWebDatastore(DICOMWebDatastore):
             except EngineInputError as e:
                 raise _http(e) from e
             # Keep the label before talking to the PACS: a refused STOW must not lose the annotator's work.
-            label_id = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+            label_id = self._save_keeping_previous(image_id, label_filename, label_tag, label_info)
             try:
                 seg_series = dicom_web_upload_dcm(seg_file, self._client)
             except Exception as e:
