@@ -11,7 +11,10 @@ ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 || want+=(o
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
 if [ ${#want[@]} -gt 0 ]; then
   SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "setup_system: need root or sudo to apt-get install ${want[*]}" >&2; exit 1; }
+    SUDO="sudo"
+  fi
   echo "setup_system: installing ${want[*]}"
   $SUDO apt-get update -qq
   # Orthanc's package starts a service on install where an init system runs; the tests start their own

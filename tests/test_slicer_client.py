@@ -120,3 +120,26 @@ def test_slicer_local_volume_click_box_switch_save_next(slicer_server, tmp_path)
     result_file, result = client.infer("sam2_2d", sample["id"], params)
     arr = _same_grid(result_file, brain)
     assert not np.delete(arr, bk // 2, axis=0).any(), "a 2D model answers on its slice only"
+
+
+def test_blank_uid_dicom_series_as_a_session_is_served(slicer_server):
+    """The published CT files have blank Study/Series/SOP UIDs: a PACS refuses them, but inference needs no
+    UID, so a session made of them (a DICOM folder) is read and answered on its own grid, not a crash."""
+    import requests
+
+    folder = shared("totalseg_ct_dicom", "dicom")
+    names = sorted(os.listdir(folder))
+    files = [("files", (n, open(os.path.join(folder, n), "rb").read())) for n in names]
+    r = requests.put(slicer_server.url + "/session/", files=files, data={"client_id": "slicer-user"}, timeout=120)
+    assert r.status_code == 200, r.text
+    session_id = r.json()["session_id"]
+    params = {"label": "object", "foreground": [[256, 256, 10]], "background": [], "slice": 10,
+              "result_extension": ".nrrd", "client_id": "slicer-user"}
+    import json
+
+    r = requests.post(f"{slicer_server.url}/infer/sam2_2d", params={"image": "ct", "session_id": session_id,
+                      "output": "image"}, files={"params": (None, json.dumps(params))}, timeout=300)
+    assert r.status_code == 200, r.text
+    head = r.content[: r.content.index(b"\n\n")].decode()
+    assert "sizes: 512 512 20" in head
+    assert slicer_server.alive()
