@@ -6,9 +6,11 @@
 #   scripts/setup_system.sh          # needs root (or sudo) for apt-get
 set -euo pipefail
 want=()
-command -v Orthanc >/dev/null 2>&1 || want+=(orthanc)
+{ [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1; } || want+=(orthanc)
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 || want+=(orthanc-dicomweb)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
+# a font, so the screenshots show text (chromium itself only depends on fontconfig)
+ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || want+=(fonts-dejavu-core)
 if [ ${#want[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then
@@ -21,4 +23,4 @@ if [ ${#want[@]} -gt 0 ]; then
   # instance on a free loopback port with their own config, so that one is not used.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${want[@]}"
 fi
-echo "setup_system: Orthanc $(Orthanc --version 2>/dev/null | head -1 | awk '{print $NF}'), $(chromium --version 2>/dev/null)"
+echo "setup_system: Orthanc $(/usr/sbin/Orthanc --version 2>/dev/null | head -1 | awk '{print $NF}'), $(chromium --version 2>/dev/null)"
