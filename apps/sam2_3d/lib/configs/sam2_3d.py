@@ -4,7 +4,8 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
 
 * ``checkpoint``: a registry name (``sam2.1_hiera_tiny`` ... ``sam2_hiera_large``) or a ``.pt`` path;
 * ``config``: the SAM 2 hydra config, when a ``.pt`` path's name does not tell it;
-* ``random_weights``: ``true`` builds the config with random weights (tests/benchmarks only; loud);
+* ``random_weights``: ``true`` builds the config with random weights (tests/benchmarks only; loud),
+  drawn from ``seed`` (default 0) so every process builds the same network;
 * ``image_size``: SAM 2's input size (default: the config's 1024; smaller is faster but untested accuracy);
 * ``device`` (``cuda`` if available, else ``cpu``), ``dtype`` (``bfloat16`` on CUDA);
 * ``labels``: comma-separated label names shown in the clients (default ``object``);
@@ -40,6 +41,10 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
     device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = conf.get("dtype") or ("bfloat16" if device.startswith("cuda") else None)
     image_size = int(conf["image_size"]) if conf.get("image_size") else None
+    if random_weights:
+        # Random weights are drawn from a fixed seed so that tests, benchmarks and distributed
+        # evaluation workers all build the same untrained network.
+        torch.manual_seed(int(conf.get("seed", 0)))
     predictor = build_predictor(ckpt, device=device, image_size=image_size)
     name = ckpt.name + (" (RANDOM WEIGHTS)" if random_weights else "")
     logger.info(f"SAM 2 engine: {name}, config {ckpt.config}, image size {predictor.image_size}, device {device}")

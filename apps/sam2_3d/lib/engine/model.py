@@ -164,6 +164,18 @@ def init_state_from_frames(predictor: VolumePredictor, frames, features: VolumeF
     return state
 
 
+def _memory_in_compute_dtype(module, args, kwargs):
+    """SAM 2 stores memory features in bf16 to save space. When a frame's memory also holds object
+    pointers (float32), ``torch.cat`` promotes it all back to float32; when it holds none (e.g. tracking
+    towards a frame with no prompted slice behind it), the bf16 tensor reaches float32 linear layers and
+    SAM 2 fails with "mat1 and mat2 must have the same dtype" unless bf16 autocast is on (its GPU demos).
+    Casting to the position encoding's dtype gives the very values the promoting ``cat`` gives."""
+    memory, memory_pos = kwargs.get("memory"), kwargs.get("memory_pos")
+    if memory is not None and memory_pos is not None and memory.dtype != memory_pos.dtype:
+        kwargs["memory"] = memory.to(memory_pos.dtype)
+    return args, kwargs
+
+
 def build_predictor(checkpoint: ResolvedCheckpoint, device: str = "cpu", image_size: int | None = None):
     """Build the SAM 2 video predictor for a resolved checkpoint (or random weights, loudly)."""
     overrides = [f"++model.image_size={int(image_size)}"] if image_size else []
@@ -177,6 +189,7 @@ def build_predictor(checkpoint: ResolvedCheckpoint, device: str = "cpu", image_s
     # The hole-filling post-processing needs SAM 2's CUDA extension, which CPU installs do not build;
     # without it SAM 2 logs a warning on every frame. Fill nothing, so CPU and GPU behave the same.
     predictor.fill_hole_area = 0
+    predictor.memory_attention.register_forward_pre_hook(_memory_in_compute_dtype, with_kwargs=True)
     return predictor
 
 
