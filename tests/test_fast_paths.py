@@ -22,7 +22,8 @@ from lib.engine.engine import SlicePrompt
 
 # Incremental vs full re-propagation: both are SAM 2 passes from the same prompts, but the full one
 # also re-tracks unchanged slices with the new prompt in memory, so they may differ slightly.
-MIN_DICE_INCREMENTAL_VS_FULL = 0.9
+# Measured here (seed-0 random weights, totalseg_mr_small): Dice 0.998, 11 of 20 slices identical.
+MIN_DICE_INCREMENTAL_VS_FULL = 0.98
 
 
 def _prompt(w, h, x, y):
