@@ -120,8 +120,8 @@ class Sam2InferTask(InferTask):
         write_label(label_image_like(result.mask, session.volume.image), out_file)
         answer = self._result_json(result, session, label_name)
         answer["frames_encoded"] = session.features.frames_encoded - encoded_before
-        answer["propagation"] = getattr(result, "how", "full")
-        answer["propagated_spans"] = [list(s) for s in getattr(result, "propagated_spans", [])]
+        answer["propagation"] = result.how
+        answer["propagated_spans"] = [list(s) for s in result.propagated_spans]
         return out_file, answer
 
     # -- request parsing -----------------------------------------------------------------------
