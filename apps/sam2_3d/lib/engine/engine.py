@@ -192,7 +192,7 @@ class Session:
             out[k] = mask
             self.last = Propagation(
                 out, [k], (k, k), (k, k), {k: score}, {}, self.features.frames_encoded - encoded,
-                time.perf_counter() - t0,
+                time.perf_counter() - t0, [(k, k)], "2d",
             )
             return mask, score
 
