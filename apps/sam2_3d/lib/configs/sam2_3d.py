@@ -9,7 +9,8 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
 * ``image_size``: SAM 2's input size (default: the config's 1024; smaller is faster but untested accuracy);
 * ``device`` (``cuda`` if available, else ``cpu``), ``dtype`` (``bfloat16`` on CUDA);
 * ``labels``: comma-separated label names shown in the clients (default ``object``);
-* ``max_sessions``, ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds.
+* ``max_sessions``, ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds;
+* ``offload_state_above`` (256): on a GPU, longer volumes keep SAM 2's per-slice state in CPU memory.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         feature_batch_size=int(conf.get("feature_batch_size", 8 if device.startswith("cuda") else 1)),
         random_weights=random_weights,
         checkpoint_name=ckpt.name,
+        offload_state_above=int(conf.get("offload_state_above", 256)),
     )
 
 

@@ -119,7 +119,8 @@ class Session:
         )
         geo = volume.geometry
         self.state = init_state_from_frames(
-            engine.predictor, volume.frames, self.features, geo.frame_height, geo.frame_width
+            engine.predictor, volume.frames, self.features, geo.frame_height, geo.frame_width,
+            offload_state_to_cpu=str(engine.device).startswith("cuda") and geo.num_frames > engine.offload_state_above,
         )
 
     @property
@@ -397,6 +398,7 @@ class Sam2VolumeEngine:
         feature_batch_size: int = 1,
         random_weights: bool = False,
         checkpoint_name: str = "",
+        offload_state_above: int = 256,
     ):
         self.predictor = predictor
         self.device = device
@@ -407,6 +409,8 @@ class Sam2VolumeEngine:
         self.feature_batch_size = feature_batch_size
         self.random_weights = random_weights
         self.checkpoint_name = checkpoint_name
+        # On a GPU, volumes with more slices than this keep SAM 2's per-slice outputs in CPU memory.
+        self.offload_state_above = offload_state_above
         self.lock = threading.RLock()  # one network: requests take turns on it
         self._volumes: OrderedDict = OrderedDict()
         self._sessions: OrderedDict = OrderedDict()

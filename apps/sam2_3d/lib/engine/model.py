@@ -147,8 +147,15 @@ class VolumePredictor(SAM2VideoPredictor):
 _init_state_lock = threading.Lock()
 
 
-def init_state_from_frames(predictor: VolumePredictor, frames, features: VolumeFeatures, height: int, width: int):
-    """SAM 2's own ``init_state`` on in-memory frames (see the module docstring)."""
+def init_state_from_frames(
+    predictor: VolumePredictor, frames, features: VolumeFeatures, height: int, width: int,
+    offload_state_to_cpu: bool = False,
+):
+    """SAM 2's own ``init_state`` on in-memory frames (see the module docstring).
+
+    Frames always stay on the CPU (they are made one at a time anyway); ``offload_state_to_cpu`` also
+    keeps SAM 2's per-slice outputs (memory features, masks) in CPU memory, which bounds GPU memory on
+    long volumes at a small cost per slice (SAM 2's own option)."""
 
     def load_in_memory_frames(**_kwargs):
         return frames, height, width
@@ -157,7 +164,9 @@ def init_state_from_frames(predictor: VolumePredictor, frames, features: VolumeF
         original = sam2_video_predictor_module.load_video_frames
         sam2_video_predictor_module.load_video_frames = load_in_memory_frames
         try:
-            state = predictor.init_state(video_path="<in-memory volume>", offload_video_to_cpu=True)
+            state = predictor.init_state(
+                video_path="<in-memory volume>", offload_video_to_cpu=True, offload_state_to_cpu=offload_state_to_cpu
+            )
         finally:
             sam2_video_predictor_module.load_video_frames = original
     state["volume_features"] = features
