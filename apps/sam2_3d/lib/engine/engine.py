@@ -238,12 +238,7 @@ class Session:
         direction ends once SAM 2 scores the object absent on ``n`` consecutive slices past the last
         prompted slice in that direction.
         """
-        prompted = sorted(self.prompts)
-        outside = [k for k in prompted if not lo <= k <= hi]
-        if outside:
-            raise PromptError(f"prompted slice(s) {outside} lie outside the slice range [{lo}, {hi}]")
-        if not prompted:
-            raise PromptError("no prompt given: add at least one foreground point, a box or a mask")
+        prompted = sorted(self.prompts)  # validated by propagate()
         predictor = self.engine.predictor
         t0 = time.perf_counter()
         encoded = self.features.frames_encoded
