@@ -42,8 +42,9 @@ def synthetic_volume(n: int, path: str, size: int = 512) -> None:
     sitk.WriteImage(image, path)
 
 
-def one_run(n: int, image_size: int, device: str, model: str, cache_gb: float) -> dict:
-    """Runs in its own process: build the engine, open, click, propagate, report."""
+def one_run(path: str, image_size: int, device: str, model: str, cache_gb: float) -> dict:
+    """Runs in its own process (the volume file is made by the parent, so its synthesis is not counted):
+    build the engine, open, click, propagate, report."""
     import torch
 
     from lib.configs.sam2_3d import engine_from_conf
@@ -51,32 +52,30 @@ def one_run(n: int, image_size: int, device: str, model: str, cache_gb: float) -
     from lib.engine.engine import SlicePrompt
 
     torch.set_num_threads(os.cpu_count() or 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, f"synthetic_{n}.nii.gz")
-        synthetic_volume(n, path)
-        engine = engine_from_conf({
-            "checkpoint": f"sam2.1_hiera_{model}", "random_weights": "true", "image_size": str(image_size),
-            "device": device, "feature_cache_gb": str(cache_gb),
-        })
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        session = engine.open(path, "bench", intensity.IntensityPreset("volume_minmax"))
-        k = n // 2
-        t0 = time.perf_counter()
-        session.set_prompts({k: SlicePrompt(points=((256.0 + 40, 256.0),), labels=(1,))})
-        result = session.propagate(0, n - 1, auto_stop=0)
-        seconds = time.perf_counter() - t0
-        out = {
-            "slices": n, "seconds": seconds, "s_per_slice": seconds / n,
-            "frames_encoded": result.frames_encoded,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_after_model_mb": rss_before,
-            "feature_cache_mb": engine.feature_cache.nbytes / 2**20,
-            "state_offloaded": str(session.state["storage_device"]) == "cpu" and device.startswith("cuda"),
-        }
-        if device.startswith("cuda"):
-            out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            out["gpu"] = torch.cuda.get_device_name()
-        return out
+    engine = engine_from_conf({
+        "checkpoint": f"sam2.1_hiera_{model}", "random_weights": "true", "image_size": str(image_size),
+        "device": device, "feature_cache_gb": str(cache_gb),
+    })
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    session = engine.open(path, "bench", intensity.IntensityPreset("volume_minmax"))
+    n = session.geometry.num_frames
+    k = n // 2
+    t0 = time.perf_counter()
+    session.set_prompts({k: SlicePrompt(points=((256.0 + 40, 256.0),), labels=(1,))})
+    result = session.propagate(0, n - 1, auto_stop=0)
+    seconds = time.perf_counter() - t0
+    out = {
+        "slices": n, "seconds": seconds, "s_per_slice": seconds / n,
+        "frames_encoded": result.frames_encoded,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_model_mb": rss_before,
+        "feature_cache_mb": engine.feature_cache.nbytes / 2**20,
+        "state_offloaded": str(session.state["storage_device"]) == "cpu" and device.startswith("cuda"),
+    }
+    if device.startswith("cuda"):
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
 
 
 def main(argv=None) -> int:
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--feature-cache-gb", type=float, default=2.0)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--_one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
 
@@ -96,11 +95,15 @@ def main(argv=None) -> int:
         print(json.dumps(one_run(args._one, args.image_size, device, args.model, args.feature_cache_gb)))
         return 0
     rows = []
+    tmp = tempfile.mkdtemp(prefix="bench-long-")
     for n in [int(s) for s in args.slices.split(",")]:
-        cmd = [sys.executable, __file__, "--_one", str(n), "--image-size", str(args.image_size), "--model",
+        path = os.path.join(tmp, f"synthetic_{n}.nii")
+        synthetic_volume(n, path)
+        cmd = [sys.executable, __file__, "--_one", path, "--image-size", str(args.image_size), "--model",
                args.model, "--device", device, "--feature-cache-gb", str(args.feature_cache_gb)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        os.unlink(path)
         print(rows[-1], flush=True)
     gpu = rows[0].get("gpu")
     lines = [

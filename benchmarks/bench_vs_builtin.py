@@ -166,7 +166,7 @@ def scenario_points(size):
     return first, corrections
 
 
-def run_volume(ours, theirs, image, size, runs, device):
+def run_volume(ours, theirs, image, size, runs, device, scenarios=("1", "2", "3")):
     first, corrections = scenario_points(size)
     nz = size[2]
     out = {"image": image, "size": size, "s1": {}, "s2": {}, "s3": {}, "processed": {}}
@@ -174,7 +174,7 @@ def run_volume(ours, theirs, image, size, runs, device):
     for name, (url, m3, m2) in systems.items():
         base = {"device": device} if name == "theirs" else {"auto_stop": 0, "client_id": "bench"}
         s1, s1_slices, s2 = [], None, []
-        for run in range(runs):
+        for run in range(runs if {"1", "2"} & set(scenarios) else 0):
             # 1 + 2: a fresh session each run; reset_state makes both systems drop prompts and state
             fg = [first]
             dt, res = infer(url, m3, image, {**base, "foreground": fg, "background": [], "reset_state": True})
@@ -202,14 +202,18 @@ def run_volume(ours, theirs, image, size, runs, device):
         k = first[2]
         clicks = [[size[0] // 2 + d, size[1] // 2, k] for d in (0, 4, 8, 12, 16)]
         try:
+            if "3" not in scenarios:
+                raise RuntimeError("scenario 3 not asked for (--scenarios)")
             infer(url, m2, image, {**base, "foreground": [clicks[0]], "background": [], "slice": k})
             s3 = [infer(url, m2, image, {**base, "foreground": [c], "background": [], "slice": k})[0] for c in clicks[1:]]
         except RuntimeError as e:  # the built-in 2D task hard-codes 1024 px feature sizes (SAM2ImagePredictor)
             print(f"scenario 3 failed for {name}: {e}", flush=True)
             s3 = [float("nan")]
-        out["s1"][name] = {"total": statistics.median(t for t, _ in s1), "per_slice": statistics.median(p for _, p in s1),
-                           "cold_total": s1[0][0]}
-        out["s2"][name] = {"total": statistics.median(s2)}
+        nan = float("nan")
+        out["s1"][name] = {"total": statistics.median(t for t, _ in s1) if s1 else nan,
+                           "per_slice": statistics.median(p for _, p in s1) if s1 else nan,
+                           "cold_total": s1[0][0] if s1 else nan}
+        out["s2"][name] = {"total": statistics.median(s2) if s2 else nan}
         out["s3"][name] = {"click": statistics.median(s3)}
     return out
 
@@ -223,6 +227,7 @@ def main():
     ap.add_argument("--real", default="totalseg_ct_small/image.nii.gz", help="a volume under ../shared/data ('' = none)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
+    ap.add_argument("--scenarios", default="1,2,3", help="which scenarios to run, e.g. 3 for a 1024 px 2D-only run")
     a = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench-sam2-")
@@ -244,7 +249,7 @@ def main():
         for image in images:
             size = list(sitk.ReadImage(os.path.join(studies, image + ".nii.gz")).GetSize())
             print(f"== {image} {size}", flush=True)
-            results.append(run_volume(ours, theirs, image, size, a.runs, a.device))
+            results.append(run_volume(ours, theirs, image, size, a.runs, a.device, a.scenarios.split(",")))
             print(json.dumps(results[-1], indent=1), flush=True)
         rss = {"ours": peak_rss_mb(ours.proc.pid), "theirs": peak_rss_mb(theirs.proc.pid)}
     finally:
@@ -276,7 +281,9 @@ def render(a, results, rss):
               "What each system processed (last run):", ""]
     for r in results:
         for name in ("ours", "theirs"):
-            p = r["processed"][name]
+            p = r["processed"].get(name)
+            if p is None:
+                continue
             lines.append(f"- {r['image']} {name}: first propagation {p['first']}; corrections (slice: spans) {p['corrections']}")
     return "\n".join(lines) + "\n"
 
