@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,16 @@ def synthetic_volume(n: int, path: str, size: int = 512) -> None:
     sitk.WriteImage(image, path)
 
 
+def _status_mb(field: str) -> float:
+    # VmHWM/VmRSS of this process; unlike ru_maxrss, VmHWM starts afresh at exec, so the parent's
+    # memory (it synthesised the volume) is not counted.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def one_run(path: str, image_size: int, device: str, model: str, cache_gb: float) -> dict:
     """Runs in its own process (the volume file is made by the parent, so its synthesis is not counted):
     build the engine, open, click, propagate, report."""
@@ -56,7 +65,7 @@ def one_run(path: str, image_size: int, device: str, model: str, cache_gb: float
         "checkpoint": f"sam2.1_hiera_{model}", "random_weights": "true", "image_size": str(image_size),
         "device": device, "feature_cache_gb": str(cache_gb),
     })
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = _status_mb("VmRSS")
     session = engine.open(path, "bench", intensity.IntensityPreset("volume_minmax"))
     n = session.geometry.num_frames
     k = n // 2
@@ -67,7 +76,7 @@ def one_run(path: str, image_size: int, device: str, model: str, cache_gb: float
     out = {
         "slices": n, "seconds": seconds, "s_per_slice": seconds / n,
         "frames_encoded": result.frames_encoded,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _status_mb("VmHWM"),
         "rss_after_model_mb": rss_before,
         "feature_cache_mb": engine.feature_cache.nbytes / 2**20,
         "state_offloaded": str(session.state["storage_device"]) == "cpu" and device.startswith("cuda"),

@@ -34,6 +34,16 @@ def shared(*parts: str) -> str:
     return path
 
 
+def same_grid(a, b) -> None:
+    """Two SimpleITK images share size, spacing, origin and direction (a label must match its image)."""
+    import numpy as np
+
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+
+
 @pytest.fixture(scope="session")
 def engine():
     """One SAM 2.1-tiny engine (RANDOM WEIGHTS, 256 px) for every in-process test."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import shared
+from conftest import same_grid, shared
 from disk_standin import RADIUS, DiskStandIn
 
 from lib.engine.engine import Sam2VolumeEngine
@@ -42,13 +42,6 @@ def read_ijk(path: str) -> np.ndarray:
         data, _ = nrrd.read(path)  # pynrrd's default index order is Fortran: data[i, j, k]
         return data
     return np.asarray(nib.load(path).dataobj)
-
-
-def same_grid(a: sitk.Image, b: sitk.Image) -> None:
-    assert a.GetSize() == b.GetSize()
-    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-6)
-    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
 
 
 @pytest.mark.parametrize("folder,name", CASES)

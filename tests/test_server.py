@@ -22,7 +22,7 @@ import requests
 import SimpleITK as sitk
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-from conftest import APP_DIR, STUDY_FILES, shared
+from conftest import APP_DIR, STUDY_FILES, same_grid, shared
 
 IMAGE = "spinalcord_t2"  # 60 x 55 x 52, permuted axes: small and non-trivial
 SIZE = (60, 55, 52)
@@ -57,13 +57,6 @@ def read_result(filename: str, content: bytes, tmp_path) -> sitk.Image:
     path = tmp_path / os.path.basename(filename)
     path.write_bytes(content)
     return sitk.ReadImage(str(path))
-
-
-def same_grid(a: sitk.Image, b: sitk.Image) -> None:
-    assert a.GetSize() == b.GetSize()
-    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-6)
-    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
-    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
 
 
 def slicer_params(**kw) -> dict:

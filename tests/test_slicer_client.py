@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from conftest import Server, shared
+from conftest import Server, same_grid, shared
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,7 @@ def _slicer_params(info_model: dict, **prompt) -> dict:
 
 def _same_grid(result_file: str, image: sitk.Image) -> np.ndarray:
     out = sitk.ReadImage(result_file)  # what Slicer does with the response file
-    assert out.GetSize() == image.GetSize()
-    assert np.allclose(out.GetSpacing(), image.GetSpacing())
-    assert np.allclose(out.GetOrigin(), image.GetOrigin())
-    assert np.allclose(out.GetDirection(), image.GetDirection())
+    same_grid(out, image)
     arr = sitk.GetArrayFromImage(out)
     assert set(np.unique(arr)) <= {0, 1}
     return arr
