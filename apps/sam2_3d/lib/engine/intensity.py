@@ -72,22 +72,38 @@ def resolve(preset: IntensityPreset, array: np.ndarray) -> IntensityPreset:
     return IntensityPreset("soft_tissue") if looks_like_ct(array) else IntensityPreset("mr")
 
 
-def to_uint8(array: np.ndarray, preset: IntensityPreset) -> np.ndarray:
-    """Window ``array`` (any shape, frames first) to uint8 with the given preset."""
-    preset = resolve(preset, array)
-    data = np.asarray(array, dtype=np.float32)
-    if preset.name == "none":
-        return np.clip(data, 0, 255).astype(np.uint8)
+def _window_bounds(array: np.ndarray, preset: IntensityPreset):
+    """(lo, hi) of the linear map to 0..255; per-slice arrays for ``slice_minmax``."""
     if preset.name == "slice_minmax":
-        lo = data.min(axis=tuple(range(1, data.ndim)), keepdims=True)
-        hi = data.max(axis=tuple(range(1, data.ndim)), keepdims=True)
-    elif preset.name == "volume_minmax":
-        lo, hi = data.min(), data.max()
-    elif preset.name == "mr":
-        lo, hi = np.percentile(data, [0.5, 99.5])
-    else:
-        center, width = (preset.center, preset.width) if preset.name == "window" else CT_WINDOWS[preset.name]
-        lo, hi = center - width / 2.0, center + width / 2.0
-    scale = np.where(np.asarray(hi - lo) > 0, 255.0 / np.maximum(np.asarray(hi - lo), 1e-12), 0.0)
-    out = np.clip((data - lo) * scale, 0.0, 255.0)
-    return np.rint(out).astype(np.uint8)
+        axes = tuple(range(1, array.ndim))
+        return array.min(axis=axes, keepdims=True).astype(np.float32), array.max(axis=axes, keepdims=True).astype(np.float32)
+    if preset.name == "volume_minmax":
+        return np.float32(array.min()), np.float32(array.max())
+    if preset.name == "mr":
+        lo, hi = np.percentile(array, [0.5, 99.5])
+        return np.float32(lo), np.float32(hi)
+    center, width = (preset.center, preset.width) if preset.name == "window" else CT_WINDOWS[preset.name]
+    return np.float32(center - width / 2.0), np.float32(center + width / 2.0)
+
+
+def to_uint8(array: np.ndarray, preset: IntensityPreset, chunk: int = 16) -> np.ndarray:
+    """Window ``array`` (frames first) to uint8 with the given preset.
+
+    Works ``chunk`` slices at a time, so a long volume never has float copies of itself in memory
+    (a 512 x 512 x 600 CT would need 600 MB per float32 temporary)."""
+    preset = resolve(preset, array)
+    out = np.empty(array.shape, dtype=np.uint8)
+    if preset.name == "none":
+        for a in range(0, len(array), chunk):
+            out[a : a + chunk] = np.clip(array[a : a + chunk], 0, 255)
+        return out
+    lo, hi = _window_bounds(array, preset)
+    span = np.asarray(hi - lo, dtype=np.float32)
+    scale = np.where(span > 0, np.float32(255.0) / np.maximum(span, np.float32(1e-12)), np.float32(0.0))
+    for a in range(0, len(array), chunk):
+        part = slice(a, a + chunk)
+        lo_part = lo[part] if np.ndim(lo) else lo
+        scale_part = scale[part] if np.ndim(scale) else scale
+        data = np.asarray(array[part], dtype=np.float32)
+        out[part] = np.rint(np.clip((data - lo_part) * scale_part, 0.0, 255.0))
+    return out
