@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -220,11 +220,7 @@ class Session:
             raise PromptError("no prompt given: add at least one foreground point, a box or a mask")
         if incremental and self.last is not None and self._last_3d == (lo, hi, auto_stop):
             if not self._pending:
-                last = self.last
-                self.last = Propagation(
-                    last.mask, last.prompted_slices, last.slice_range, last.processed_range, last.scores,
-                    last.stopped_early, 0, 0.0, [], "cached",
-                )
+                self.last = replace(self.last, frames_encoded=0, seconds=0.0, propagated_spans=[], how="cached")
                 return self.last
             return self._propagate_incremental(lo, hi, auto_stop, rejoin)
         return self._propagate_full(lo, hi, auto_stop)
@@ -267,16 +263,21 @@ class Session:
                     if auto_stop and past_prompts and absent_run >= auto_stop:
                         stopped["reverse" if reverse else "forward"] = k
                         break
+        spans = [(min(scores), max(scores))] if scores else []
+        return self._finish(mask, (lo, hi, auto_stop), scores, stopped, encoded, t0, spans, "full")
+
+    def _finish(self, mask, lo_hi_stop, scores, stopped, encoded, t0, spans, how) -> Propagation:
+        """Record a 3D propagation's result as ``self.last``; what both the full and the incremental pass end with."""
         for k, prompt in self.prompts.items():  # a mask prompt is the user's truth on its slice
             if prompt.mask is not None:
                 mask[k] = prompt.mask
+        lo, hi, _ = lo_hi_stop
         processed = (min(scores), max(scores)) if scores else None
-        spans = [(min(scores), max(scores))] if scores else []
         self.last = Propagation(
-            mask, prompted, (lo, hi), processed, dict(sorted(scores.items())), stopped,
-            self.features.frames_encoded - encoded, time.perf_counter() - t0, spans, "full",
+            mask, sorted(self.prompts), (lo, hi), processed, dict(sorted(scores.items())), stopped,
+            self.features.frames_encoded - encoded, time.perf_counter() - t0, sorted(spans), how,
         )
-        self._last_3d = (lo, hi, auto_stop)
+        self._last_3d = lo_hi_stop
         self._pending.clear()
         return self.last
 
@@ -334,16 +335,7 @@ class Session:
                         if outer:
                             stopped["reverse" if reverse else "forward"] = None
                     spans.append((min(c, reached), max(c, reached)))
-        for k, prompt in self.prompts.items():
-            if prompt.mask is not None:
-                mask[k] = prompt.mask
-        processed = (min(scores), max(scores)) if scores else None
-        self.last = Propagation(
-            mask, prompted, (lo, hi), processed, dict(sorted(scores.items())), stopped,
-            self.features.frames_encoded - encoded, time.perf_counter() - t0, sorted(spans), "incremental",
-        )
-        self._pending.clear()
-        return self.last
+        return self._finish(mask, (lo, hi, auto_stop), scores, stopped, encoded, t0, spans, "incremental")
 
     def _forget_beyond(self, k: int, end: int, direction: int, mask: np.ndarray, scores: dict) -> None:
         """Auto-stop ended a pass at k: slices past it lose their previous result and SAM 2 outputs,
