@@ -106,7 +106,7 @@ class Sam2InferTask(InferTask):
 
         if self.kind == "slice2d":
             k, prompt = self._slice2d_prompt(request, geo)
-            _, score = session.segment_slice(k, prompt)
+            session.segment_slice(k, prompt)
             result = session.last
         else:
             prompts, (lo, hi) = self._prompts_and_range(request, geo, session)
@@ -118,11 +118,8 @@ class Sam2InferTask(InferTask):
 
         out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
         write_label(label_image_like(result.mask, session.volume.image), out_file)
-        answer = self._result_json(result, session, label_name)
-        answer["frames_encoded"] = session.features.frames_encoded - encoded_before
-        answer["propagation"] = result.how
-        answer["propagated_spans"] = [list(s) for s in result.propagated_spans]
-        return out_file, answer
+        frames_encoded = session.features.frames_encoded - encoded_before
+        return out_file, self._result_json(result, session, label_name, frames_encoded)
 
     # -- request parsing -----------------------------------------------------------------------
     def _check_checkpoint(self, request):
@@ -242,7 +239,7 @@ class Sam2InferTask(InferTask):
             raise PromptError(f"no click on slice {k}")
         return k, _point_prompt(points[k])
 
-    def _result_json(self, result, session, label_name: str) -> dict:
+    def _result_json(self, result, session, label_name: str, frames_encoded: int) -> dict:
         return {
             "label_names": {label_name: 1},
             "model_kind": self.kind,
@@ -255,6 +252,9 @@ class Sam2InferTask(InferTask):
             "slice_scores": {str(k): round(v, 4) for k, v in result.scores.items()},
             "stopped_early": result.stopped_early,
             "latency_s": round(result.seconds, 3),
+            "frames_encoded": frames_encoded,
+            "propagation": result.how,
+            "propagated_spans": [list(span) for span in result.propagated_spans],
         }
 
 
