@@ -18,7 +18,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
-from ..engine.errors import EngineInputError, UnreadableImage, WrongDimensions
+from ..engine.errors import EngineInputError, WrongDimensions
+from ..engine.geometry import dicom_series_files, label_image_like, read_dicom_series, write_label
 
 APP_NAME = "sam2-3d"
 APP_VERSION = "0.1.0"
@@ -70,21 +71,6 @@ def _source(path: str) -> pydicom.Dataset:
     return ds
 
 
-def series_files(folder: str) -> list[str]:
-    """The files of the (first) DICOM series in a folder, in the slice order SimpleITK reads them."""
-    reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(folder)
-    if not ids:
-        raise UnreadableImage(f"no DICOM series found in {os.path.basename(folder)!r}")
-    return list(reader.GetGDCMSeriesFileNames(folder, ids[0]))
-
-
-def _read_series(files: Sequence[str]) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(files))
-    return reader.Execute()
-
-
 def label_names(label_info: Any, fallback: Iterable[str] = ()) -> dict[int, str]:
     """``{idx: name}`` from the clients' ``label_info: [{name, idx}]`` (or ``{name: idx}``)."""
     names: dict[int, str] = {}
@@ -109,7 +95,7 @@ def write_seg(
     series_description: str = "SAM 2 annotation",
 ) -> str:
     """Write a binary DICOM SEG of ``label_kji`` (on the series grid, frame k = k-th file in SimpleITK order)."""
-    files = series_files(series_folder)
+    files = dicom_series_files(series_folder)
     check_uids(files)
     sources = [_source(f) for f in files]
     expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
@@ -159,7 +145,7 @@ def write_seg(
 
 def write_seg_from_file(series_folder: str, label_file: str, names: dict[int, str], out_path: str | None = None) -> str:
     """Like write_seg, for a label file (NIfTI/NRRD) that lies on the series grid."""
-    image = _read_series(series_files(series_folder))
+    image = read_dicom_series(series_folder)
     label = sitk.ReadImage(label_file)
     if tuple(label.GetSize()) != tuple(image.GetSize()):
         raise WrongDimensions(f"label size {list(label.GetSize())} differs from the series size {list(image.GetSize())}")
@@ -169,7 +155,7 @@ def write_seg_from_file(series_folder: str, label_file: str, names: dict[int, st
 def read_seg_on_series(seg_path: str, series_folder: str) -> tuple[np.ndarray, dict[int, str]]:
     """A SEG as a ``[k, j, i]`` label on the series grid (segment numbers as values) and its segment names."""
     seg = hd.seg.segread(seg_path)
-    files = series_files(series_folder)
+    files = dicom_series_files(series_folder)
     sop_uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
     referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
     wanted = [u for u in sop_uids if u in referenced]
@@ -188,8 +174,4 @@ def read_seg_on_series(seg_path: str, series_folder: str) -> tuple[np.ndarray, d
 def seg_to_label_file(seg_path: str, series_folder: str, out_path: str) -> str:
     """Write a SEG as a label image with exactly the series' geometry (what the clients load)."""
     label, _ = read_seg_on_series(seg_path, series_folder)
-    image = _read_series(series_files(series_folder))
-    out = sitk.GetImageFromArray(label)
-    out.CopyInformation(image)
-    sitk.WriteImage(out, out_path, useCompression=out_path.endswith(".gz"))
-    return out_path
+    return write_label(label_image_like(label, read_dicom_series(series_folder)), out_path)

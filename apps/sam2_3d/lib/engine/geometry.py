@@ -29,7 +29,7 @@ def read_image(path: str) -> sitk.Image:
         raise ImageNotFound(f"image file not found: {path!r}")
     try:
         if os.path.isdir(path):
-            image = _read_dicom_series(path)
+            image = read_dicom_series(path)
         else:
             image = sitk.ReadImage(path)
     except RuntimeError as e:  # SimpleITK raises RuntimeError for anything it cannot parse
@@ -46,13 +46,18 @@ def read_image(path: str) -> sitk.Image:
     return image
 
 
-def _read_dicom_series(folder: str) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(folder)
+def dicom_series_files(folder: str) -> list[str]:
+    """The files of the (first) DICOM series in a folder, in the slice order SimpleITK reads them."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not series:
         raise UnreadableImage(f"no DICOM series found in folder {os.path.basename(folder)!r}")
-    files = reader.GetGDCMSeriesFileNames(folder, series[0])
-    reader.SetFileNames(files)
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series[0]))
+
+
+def read_dicom_series(folder: str) -> sitk.Image:
+    """The folder's (first) DICOM series as one image, unvalidated (``read_image`` validates)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(dicom_series_files(folder))
     return reader.Execute()
 
 
