@@ -42,7 +42,7 @@ def test_features_are_computed_once_per_volume_and_shared_by_sessions(engine):
     first.set_prompts({10: SlicePrompt(points=((50.0, 40.0),), labels=(1,))})
     before = first.features.frames_encoded
     first.propagate(8, 12)
-    assert first.features.frames_encoded - before == 4  # slice 10 itself was encoded for its prompt
+    assert first.features.frames_encoded - before == 5  # slices 8..12, each once
     second = engine.open(path, client_id="feat-b", preset=preset)  # another user, same volume and preset
     assert second is not first
     second.reset()

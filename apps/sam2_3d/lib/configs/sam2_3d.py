@@ -9,7 +9,8 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
 * ``image_size``: SAM 2's input size (default: the config's 1024; smaller is faster but untested accuracy);
 * ``device`` (``cuda`` if available, else ``cpu``), ``dtype`` (``bfloat16`` on CUDA);
 * ``labels``: comma-separated label names shown in the clients (default ``object``);
-* ``max_sessions``, ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds;
+* ``max_sessions``, ``max_session_gb`` (4; what SAM 2's per-slice state of all sessions may hold),
+  ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds;
 * ``offload_state_above`` (256): on a GPU, longer volumes keep SAM 2's per-slice state in CPU memory.
 """
 
@@ -56,6 +57,7 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         device=device,
         dtype=dtype,
         max_sessions=int(conf.get("max_sessions", 8)),
+        max_session_bytes=int(float(conf.get("max_session_gb", 4.0)) * (1 << 30)),
         max_volumes=int(conf.get("max_volumes", 4)),
         feature_cache_bytes=int(float(conf.get("feature_cache_gb", 2.0)) * (1 << 30)),
         feature_batch_size=int(conf.get("feature_batch_size", 8 if device.startswith("cuda") else 1)),

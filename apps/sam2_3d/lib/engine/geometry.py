@@ -7,6 +7,11 @@ Convention (what Slicer and OHIF send, see shared/reference/clients.md): a point
 * a voxel ``[i, j, k]`` is the frame pixel at column ``x = i``, row ``y = j`` of frame ``k``;
 * SAM 2 points are ``(x, y)`` pixel indices (its prompt encoder adds the half-pixel itself).
 
+Frames may also be taken along ``i`` or ``j`` (``axis``), for clicks placed in a sagittal or coronal
+view: along ``j`` frame ``j`` is ``array[:, j, :]`` (height K, width I; ``x = i``, ``y = k``), along ``i``
+frame ``i`` is ``array[:, :, i]`` (height K, width J; ``x = j``, ``y = k``). Everything that maps between
+voxel indices and frames (points, boxes, frame stacks and results) is :class:`SliceGeometry`'s job.
+
 Nothing is resampled or reoriented: the returned label is written on the input's own grid with the
 input's size, spacing, origin and direction copied over, whatever the direction matrix is.
 """
@@ -61,27 +66,41 @@ def read_dicom_series(folder: str) -> sitk.Image:
     return reader.Execute()
 
 
+AXES = ("k", "j", "i")
+_AXIS_INDEX = {"i": 0, "j": 1, "k": 2}
+
+
 @dataclass(frozen=True)
 class SliceGeometry:
-    """Index bookkeeping for a volume seen as a stack of frames along k."""
+    """Index bookkeeping for a volume seen as a stack of frames along ``axis`` (``k`` by default)."""
 
     size_ijk: tuple[int, int, int]
+    axis: str = "k"
+
+    def __post_init__(self):
+        if self.axis not in AXES:
+            raise PromptError(f"axis {self.axis!r} is not one of i, j, k")
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "SliceGeometry":
-        return cls(tuple(int(s) for s in image.GetSize()))
+    def of(cls, image: sitk.Image, axis: str = "k") -> "SliceGeometry":
+        return cls(tuple(int(s) for s in image.GetSize()), axis)
+
+    @property
+    def _frame_axes(self) -> tuple[int, int, int]:
+        """(frame axis, row axis, column axis) as indices into (i, j, k)."""
+        return {"k": (2, 1, 0), "j": (1, 2, 0), "i": (0, 2, 1)}[self.axis]
 
     @property
     def num_frames(self) -> int:
-        return self.size_ijk[2]
+        return self.size_ijk[self._frame_axes[0]]
 
     @property
     def frame_height(self) -> int:
-        return self.size_ijk[1]
+        return self.size_ijk[self._frame_axes[1]]
 
     @property
     def frame_width(self) -> int:
-        return self.size_ijk[0]
+        return self.size_ijk[self._frame_axes[2]]
 
     def check_voxel(self, ijk: Sequence, what: str = "point") -> tuple[int, int, int]:
         """Validate a voxel index and return it as ints; name the problem when it is bad."""
@@ -89,8 +108,8 @@ class SliceGeometry:
             raise PromptError(f"{what} {ijk!r} is not a voxel index [i, j, k]")
         try:
             i, j, k = (int(round(float(v))) for v in ijk)
-        except (TypeError, ValueError) as e:
-            raise PromptError(f"{what} {ijk!r} is not a voxel index [i, j, k]") from e
+        except (TypeError, ValueError, OverflowError) as e:
+            raise PromptError(f"{what} {ijk!r} is not a voxel index [i, j, k] of finite numbers") from e
         for axis, value, size in zip("ijk", (i, j, k), self.size_ijk):
             if not 0 <= value < size:
                 raise PromptError(
@@ -100,50 +119,93 @@ class SliceGeometry:
         return i, j, k
 
     def voxel_to_frame(self, ijk: Sequence) -> tuple[int, float, float]:
-        """``[i, j, k]`` -> ``(frame k, x, y)`` in frame pixel indices."""
-        i, j, k = self.check_voxel(ijk)
-        return k, float(i), float(j)
+        """``[i, j, k]`` -> ``(frame index, x, y)`` in frame pixel indices."""
+        voxel = self.check_voxel(ijk)
+        f, row, col = self._frame_axes
+        return voxel[f], float(voxel[col]), float(voxel[row])
+
+    def frame_to_voxel(self, frame: int, x: float, y: float) -> tuple[int, int, int]:
+        """The inverse of :meth:`voxel_to_frame` (pixel indices rounded)."""
+        voxel = [0, 0, 0]
+        f, row, col = self._frame_axes
+        voxel[f], voxel[col], voxel[row] = int(frame), int(round(x)), int(round(y))
+        return tuple(voxel)
 
     def roi_to_box(self, roi: Sequence) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
-        """Slicer's ``[i_a, i_b, j_a, j_b, k_a, k_b]`` (pairs unsorted) -> frame box ``(x0, y0, x1, y1)`` and k-range."""
+        """Slicer's ``[i_a, i_b, j_a, j_b, k_a, k_b]`` (pairs unsorted) -> frame box ``(x0, y0, x1, y1)`` and
+        the box's frame range along the axis."""
         if not isinstance(roi, (list, tuple)) or len(roi) != 6:
             raise PromptError(f"roi {roi!r} must be [i0, i1, j0, j1, k0, k1]")
         try:
             values = [int(round(float(v))) for v in roi]
-        except (TypeError, ValueError) as e:
-            raise PromptError(f"roi {roi!r} must hold 6 numbers") from e
-        (i0, i1), (j0, j1), (k0, k1) = (sorted(values[a : a + 2]) for a in (0, 2, 4))
-        corners = [(i0, j0, k0), (i1, j1, k1)]
+        except (TypeError, ValueError, OverflowError) as e:
+            raise PromptError(f"roi {roi!r} must hold 6 finite numbers") from e
+        pairs = [sorted(values[a : a + 2]) for a in (0, 2, 4)]
         # A box may stick out of the volume a little (Slicer's ROI widget is free); clamp it, but a box
         # entirely outside the volume is an error, not an empty result.
-        for axis, lo, hi, size in zip("ijk", (i0, j0, k0), (i1, j1, k1), self.size_ijk):
+        for axis, (lo, hi), size in zip("ijk", pairs, self.size_ijk):
             if hi < 0 or lo >= size:
                 raise PromptError(
                     f"roi {list(roi)} is outside the volume along {axis}: [{lo}, {hi}] does not meet [0, {size - 1}]"
                 )
-        (i0, j0, k0), (i1, j1, k1) = (
-            tuple(min(max(v, 0), s - 1) for v, s in zip(c, self.size_ijk)) for c in corners
-        )
-        if i0 == i1 or j0 == j1:
-            raise PromptError(f"roi {list(roi)} has no area on the slice (i or j range is a single voxel)")
-        return (i0, j0, i1, j1), (k0, k1)
+        pairs = [(min(max(lo, 0), s - 1), min(max(hi, 0), s - 1)) for (lo, hi), s in zip(pairs, self.size_ijk)]
+        f, row, col = self._frame_axes
+        if pairs[row][0] == pairs[row][1] or pairs[col][0] == pairs[col][1]:
+            raise PromptError(f"roi {list(roi)} has no area on a slice along {self.axis} (a single voxel wide)")
+        box = (pairs[col][0], pairs[row][0], pairs[col][1], pairs[row][1])
+        return box, tuple(pairs[f])
 
     def check_slice(self, k, what: str = "slice") -> int:
+        if isinstance(k, bool) or isinstance(k, float) and not float(k).is_integer():
+            raise PromptError(f"{what} {k!r} is not an integer slice index")
         try:
             k = int(k)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise PromptError(f"{what} {k!r} is not an integer slice index") from e
         if not 0 <= k < self.num_frames:
-            raise PromptError(f"{what} {k} is outside the volume: slices are 0..{self.num_frames - 1}")
+            raise PromptError(
+                f"{what} {k} is outside the volume: slices along {self.axis} are 0..{self.num_frames - 1}"
+            )
         return k
 
     def slice_range(self, start=None, end=None) -> tuple[int, int]:
-        """Inclusive ``[start, end]`` frame range; ``None`` or a negative value means the volume's end."""
-        lo = 0 if start is None or int(start) < 0 else self.check_slice(start, "start_slice")
-        hi = self.num_frames - 1 if end is None or int(end) < 0 else self.check_slice(end, "end_slice")
+        """Inclusive ``[start, end]`` frame range; ``None`` or ``-1`` means the volume's first/last slice."""
+        lo = 0 if start is None or _is_minus_one(start) else self.check_slice(start, "start_slice")
+        hi = self.num_frames - 1 if end is None or _is_minus_one(end) else self.check_slice(end, "end_slice")
         if lo > hi:
             raise PromptError(f"start_slice {lo} is after end_slice {hi}")
         return lo, hi
+
+    def to_frames(self, array_kji: np.ndarray) -> np.ndarray:
+        """A ``[k, j, i]`` array as its stack of frames ``[frame, row, column]`` (a view, no copy)."""
+        return {"k": lambda a: a, "j": lambda a: a.transpose(1, 0, 2), "i": lambda a: a.transpose(2, 0, 1)}[
+            self.axis
+        ](array_kji)
+
+    def to_volume(self, frames: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`to_frames`: a frame stack back as a ``[k, j, i]`` array (a view)."""
+        return {"k": lambda a: a, "j": lambda a: a.transpose(1, 0, 2), "i": lambda a: a.transpose(1, 2, 0)}[
+            self.axis
+        ](frames)
+
+
+def _is_minus_one(value) -> bool:
+    try:
+        return int(value) == -1
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def suggested_axis(points_ijk: Sequence[Sequence[int]]) -> str | None:
+    """The axis a set of clicks suggests when it was placed in a sagittal or coronal view: all points in
+    one i-plane (or j-plane) while spanning several k. None when the points say nothing of the kind."""
+    points = [tuple(int(round(float(v))) for v in p) for p in points_ijk]
+    if len(points) < 2 or len({p[2] for p in points}) < 2:
+        return None
+    for axis in ("i", "j"):
+        if len({p[_AXIS_INDEX[axis]] for p in points}) == 1:
+            return axis
+    return None
 
 
 def volume_array(image: sitk.Image) -> np.ndarray:

@@ -6,6 +6,14 @@ Four tasks share this class and differ only in ``kind``:
 * ``box``       - Slicer's ``roi`` box (+ optional clicks) on one slice; its k-range bounds propagation;
 * ``propagate`` - a mask (uploaded ``label`` file or a datastore label) on given slices, propagated;
 * ``slice2d``   - clicks on one slice answered on that slice only (``dimension: 2``).
+
+The three 3D tasks share one session per (image, axis, client) and each owns one part of the current
+label's prompts (clicks, box, masks; see ``lib/engine/prompts.py``), so tools combine instead of
+overwriting each other. Session verbs in ``params``: ``label`` (the current label; other labels keep
+their prompts), ``reset_state`` (clear the current label), ``reset_all`` (clear every label), ``undo`` /
+``redo`` (the current label's last prompt action), ``labels: "all"`` (answer every label of the session
+in one multi-value map), ``axis`` (``i``, ``j`` or ``k``: the stack the slices are taken along).
+A request holds its session's lock from start to end.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections import defaultdict
 from typing import Callable
 
@@ -22,9 +31,9 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..engine import intensity
-from ..engine.engine import Sam2VolumeEngine, SlicePrompt
+from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
-from ..engine.geometry import SliceGeometry, label_image_like, read_label_on, write_label
+from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +71,7 @@ class Sam2InferTask(InferTask):
                 "auto_stop": DEFAULT_AUTO_STOP if kind != "slice2d" else 0,
                 "start_slice": -1,
                 "end_slice": -1,
+                "axis": "k",
             },
         )
         self.engine = engine
@@ -95,31 +105,78 @@ class Sam2InferTask(InferTask):
         self._check_checkpoint(request)
         extension = self._result_extension(request)
         preset = intensity.preset_from_params(request)
+        axis = self._axis(request)
         mode = "2d" if self.kind == "slice2d" else "3d"
-        session = self.engine.open(image_path, str(request.get("client_id") or ""), preset, mode)
-        geo = session.geometry
-        label_name = self._label_name(request)
-        if _truthy(request.get("reset_state")) or (session.label is not None and session.label != label_name):
-            session.reset()
-        session.label = label_name
-        encoded_before = session.features.frames_encoded  # prompts on new slices encode them too
+        client_id = str(request.get("client_id") or "")
+        session = self.engine.open(image_path, client_id, preset, mode, axis)
+        with session.lock:  # the whole request: prompts, propagation and the answer belong together
+            encoded_before = session.features.frames_encoded  # prompts on new slices encode them too
+            result_mask, label_names, result, label = self._answer(request, session, anonymous=not client_id)
+            frames_encoded = session.features.frames_encoded - encoded_before
+            answer = self._result_json(result, session, label, label_names, frames_encoded)
+        self.engine.trim(keep=session)
+        out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
+        write_label(label_image_like(session.geometry.to_volume(result_mask), session.volume.image), out_file)
+        return out_file, answer
 
+    def _answer(self, request, session, anonymous: bool):
+        geo = session.geometry
+        label = self._label_name(request)
+        session.label = label
+        if _truthy(request.get("reset_all")):
+            session.reset()
+        elif _truthy(request.get("reset_state")):
+            session.reset(label)
         if self.kind == "slice2d":
             k, prompt = self._slice2d_prompt(request, geo)
-            session.segment_slice(k, prompt)
-            result = session.last
+            t0 = time.perf_counter()
+            mask2d, score = session.segment_slice(k, prompt)
+            mask = np.zeros(session.volume.slices_u8.shape, dtype=np.uint8)
+            mask[k] = mask2d
+            result = Propagation(mask, [k], (k, k), (k, k), {k: score}, {}, 0, time.perf_counter() - t0, [(k, k)], "2d")
+            return mask, {label: 1}, result, label
+        lo, hi = self._slice_range(request, geo)
+        if _truthy(request.get("undo")):
+            session.undo()
+        elif _truthy(request.get("redo")):
+            session.redo()
         else:
-            prompts, (lo, hi) = self._prompts_and_range(request, geo, session)
-            changed = session.set_prompts(prompts)
-            auto_stop = int(request.get("auto_stop", DEFAULT_AUTO_STOP) or 0)
-            incremental = _truthy(request.get("incremental", True))  # false: always re-propagate fully
-            result = session.propagate(lo, hi, auto_stop=auto_stop, incremental=incremental)
-            logger.info(f"{self.kind}: changed slices {changed}, processed {result.processed_range}")
+            tools, box_range = self._tool_prompts(request, geo, session, anonymous)
+            if box_range is not None:  # a box with depth bounds propagation; a flat box only marks its slice
+                lo, hi = max(lo, box_range[0]), min(hi, box_range[1])
+                if lo > hi:
+                    raise PromptError(f"roi slices {list(box_range)} do not meet start_slice/end_slice")
+            changed = session.update_prompts(**tools)
+            logger.info(f"{self.kind}: label {label!r}, changed slices {changed}")
+        auto_stop = _int_param(request, "auto_stop", DEFAULT_AUTO_STOP, minimum=0)
+        incremental = _truthy(request.get("incremental", True))  # false: always re-propagate fully
+        result = session.propagate(lo, hi, auto_stop=auto_stop, incremental=incremental)
+        if str(request.get("labels", "")).lower() == "all":
+            mask, names = session.combined()
+            return mask, names, result, label
+        return result.mask, {label: 1}, result, label
 
-        out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
-        write_label(label_image_like(result.mask, session.volume.image), out_file)
-        frames_encoded = session.features.frames_encoded - encoded_before
-        return out_file, self._result_json(result, session, label_name, frames_encoded)
+    @staticmethod
+    def _axis(request) -> str:
+        axis = request.get("axis")
+        if axis in (None, ""):
+            points = [p for key in ("foreground", "background") for p in (request.get(key) or [])
+                      if isinstance(p, (list, tuple)) and len(p) == 3]
+            try:
+                hint = suggested_axis(points)
+            except (TypeError, ValueError, OverflowError):
+                hint = None  # malformed points: the prompt parser names them
+            if hint:
+                value = int(round(float(points[0]["ij".index(hint)])))
+                raise PromptError(
+                    f"every click lies in the plane {hint}={value} while spanning several k slices: they look "
+                    f"placed in a {'sagittal' if hint == 'i' else 'coronal'} view. Send \"axis\": \"{hint}\" to "
+                    f"propagate through {hint} slices, or \"axis\": \"k\" to propagate through axial slices anyway"
+                )
+            return "k"
+        if axis not in AXES:
+            raise UnknownOption(f"axis {axis!r} is not one of i, j, k")
+        return axis
 
     # -- request parsing -----------------------------------------------------------------------
     def _check_checkpoint(self, request):
@@ -164,31 +221,34 @@ class Sam2InferTask(InferTask):
     def _slice_range(self, request, geo: SliceGeometry) -> tuple[int, int]:
         return geo.slice_range(request.get("start_slice"), request.get("end_slice"))
 
-    def _prompts_and_range(self, request, geo: SliceGeometry, session):
-        lo, hi = self._slice_range(request, geo)
-        prompts: dict[int, SlicePrompt] = {}
+    def _tool_prompts(self, request, geo: SliceGeometry, session, anonymous: bool):
+        """The parts of the label's prompts this request's tool sets (None: left as they are), and the
+        slice range of a box with depth. A client without a client_id (OHIF) shares its session with
+        others of its kind: its request is then the whole prompt state, every other tool's part is cleared."""
         points = self._points(request, geo)
+        tools = {"points": points, "boxes": {} if anonymous else None, "masks": {} if anonymous else None}
+        box_range = None
         if self.kind == "box":
             if request.get("roi") in (None, [], ""):
                 raise PromptError("sam2_box needs a 'roi' box [i0, i1, j0, j1, k0, k1]")
             box, (k0, k1) = geo.roi_to_box(request["roi"])
             k_box = request.get("slice")
-            k_box = geo.check_slice(k_box) if k_box is not None and k0 <= int(k_box) <= k1 else (k0 + k1) // 2
-            if k1 > k0:  # a box with depth bounds propagation; a flat box only marks its slice
-                lo, hi = max(lo, k0), min(hi, k1)
-                if lo > hi:
-                    raise PromptError(f"roi slices [{k0}, {k1}] do not meet start_slice/end_slice")
-            box_points = points.pop(k_box, [])
-            prompts[k_box] = _point_prompt(box_points, box=box)
+            if k_box is None:
+                k_box = (k0 + k1) // 2
+            else:
+                k_box = geo.check_slice(k_box, "box slice")
+                if not k0 <= k_box <= k1:
+                    raise PromptError(f"box slice {k_box} lies outside the roi's slices [{k0}, {k1}]")
+            tools["boxes"] = {k_box: box}
+            if k1 > k0:
+                box_range = (k0, k1)
         elif self.kind == "propagate":
-            prompts.update(self._mask_prompts(request, geo, session))
-        for k, pts in points.items():
-            prompts[k] = _point_prompt(pts)
-        if not prompts:
+            tools["masks"] = self._mask_prompts(request, geo, session)
+        if not any(tools.values()) and not session.prompts():
             raise PromptError("no prompt given: add at least one foreground point, a box or a mask")
-        return prompts, (lo, hi)
+        return tools, box_range
 
-    def _mask_prompts(self, request, geo: SliceGeometry, session) -> dict[int, SlicePrompt]:
+    def _mask_prompts(self, request, geo: SliceGeometry, session) -> dict[int, np.ndarray]:
         label_file = request.get("label")
         if not (isinstance(label_file, str) and os.path.isfile(label_file)):
             tag = request.get("label_tag")
@@ -197,9 +257,9 @@ class Sam2InferTask(InferTask):
                     "sam2_propagate needs a mask: upload a 'label' file, or name a saved label with 'label_tag'"
                 )
             label_file = self._datastore_label(request, tag)
-        label = read_label_on(label_file, session.volume.image)  # [k, j, i]
-        value = request.get("label_value")
-        mask = label == int(value) if value is not None else label > 0
+        label = geo.to_frames(read_label_on(label_file, session.volume.image))  # frames along the axis
+        value = _int_param(request, "label_value", None)
+        mask = label == value if value is not None else label > 0
         nonempty = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
         if nonempty.size == 0:
             raise PromptError("the mask prompt is empty (no voxel of the label is set)")
@@ -214,7 +274,7 @@ class Sam2InferTask(InferTask):
             if not mask[k].any():
                 raise PromptError(f"the mask is empty on prompt slice {k}; its non-empty slices are "
                                   f"{int(nonempty[0])}..{int(nonempty[-1])}")
-            prompts[k] = SlicePrompt.from_mask(mask[k])
+            prompts[k] = mask[k]
         return prompts
 
     def _datastore_label(self, request, tag: str) -> str:
@@ -239,9 +299,15 @@ class Sam2InferTask(InferTask):
             raise PromptError(f"no click on slice {k}")
         return k, _point_prompt(points[k])
 
-    def _result_json(self, result, session, label_name: str, frames_encoded: int) -> dict:
+    def _result_json(self, result, session, label: str, label_names: dict, frames_encoded: int) -> dict:
+        undo, redo = session.history_depth(label)
         return {
-            "label_names": {label_name: 1},
+            "label_names": label_names,
+            "label": label,
+            "session_labels": session.labels,
+            "axis": session.geometry.axis,
+            "undo_available": undo,
+            "redo_available": redo,
             "model_kind": self.kind,
             "checkpoint": self.engine.checkpoint_name,
             "random_weights": self.engine.random_weights,
@@ -264,6 +330,23 @@ def _point_prompt(points, box=None) -> SlicePrompt:
         labels=tuple(lab for _, _, lab in points),
         box=tuple(box) if box is not None else None,
     )
+
+
+def _int_param(request, key: str, default, minimum: int | None = None):
+    """An integer parameter, or a 400 naming it (also for NaN, infinity, 1e400 and non-integral values)."""
+    value = request.get(key, default)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError
+        number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise PromptError(f"{key} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise PromptError(f"{key} must be >= {minimum}, got {number}")
+    return number
 
 
 def _truthy(v) -> bool:

@@ -1,0 +1,182 @@
+"""A session: one client's work on one volume (and axis): several labels, each with its prompts (the
+truth), their undo/redo history and a SAM 2 state derived from them, all sharing the volume's cached
+image features.
+
+Verbs (``label=None`` means the current label, ``session.label``):
+
+* ``set_prompts(prompts)`` / ``update_prompts(points=, boxes=, masks=)`` -> the slices whose prompt changed;
+* ``undo()`` / ``redo()`` -> the label's prompts before / after its last prompt action;
+* ``propagate(lo, hi, auto_stop)`` -> a :class:`Propagation` of the label;
+* ``segment_slice(k, prompt)`` -> a 2D mask of slice k from that prompt alone;
+* ``combined(labels)`` -> one multi-value map of several labels' last results;
+* ``reset(label)`` clears one label, ``reset()`` every label.
+
+A request holds ``session.lock`` from start to end (the infer layer takes it), so two clients sharing a
+session take turns and never see each other's half-applied prompts.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .errors import PromptError
+from .model import VolumeFeatures
+from .prompts import PromptHistory, Prompts, SlicePrompt, with_tool
+from .tracking import REJOIN_SLICES, LabelTrack, Propagation
+
+DEFAULT_LABEL = "label"
+MAX_2D_CACHE = 64
+
+
+class Session:
+    def __init__(self, engine, volume, client_id: str, mode: str):
+        self.engine = engine
+        self.volume = volume
+        self.client_id = client_id
+        self.mode = mode
+        self.lock = threading.RLock()
+        self.label: str = DEFAULT_LABEL
+        self.features = VolumeFeatures(
+            engine.predictor, volume.frames, volume.key, engine.feature_cache, engine.feature_batch_size
+        )
+        self._tracks: dict[str, LabelTrack] = {}
+        self._prompts: dict[str, Prompts] = {}
+        self._history: dict[str, PromptHistory] = {}
+        self._cache_2d: dict[tuple, tuple[np.ndarray, float]] = {}
+
+    @property
+    def geometry(self):
+        return self.volume.geometry
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels in the order they were first used (their values in a combined map are 1, 2, ...)."""
+        return list(self._prompts)
+
+    def track(self, label: str | None = None) -> LabelTrack:
+        label = label or self.label
+        if label not in self._tracks:
+            self._tracks[label] = LabelTrack(self.engine, self.volume, self.features, label)
+            self._prompts.setdefault(label, {})
+            self._history.setdefault(label, PromptHistory())
+        return self._tracks[label]
+
+    def prompts(self, label: str | None = None) -> Prompts:
+        return dict(self._prompts.get(label or self.label, {}))
+
+    @property
+    def last(self) -> Propagation | None:
+        track = self._tracks.get(self.label)
+        return track.last if track else None
+
+    # -- prompts -------------------------------------------------------------------------------
+    def reset(self, label: str | None = None) -> None:
+        """Clear one label (prompts, history, SAM 2 state) or, without a label, every label."""
+        with self.lock:
+            for name in [label] if label else list(self._tracks):
+                if name in self._tracks:
+                    self._tracks[name].clear()
+                self._prompts.pop(name, None)
+                self._history.pop(name, None)
+            if not label:
+                self._tracks.clear()
+                self._cache_2d.clear()
+
+    def set_prompts(self, prompts: Prompts, label: str | None = None) -> list[int]:
+        """Make the label's prompts exactly ``prompts``; record the action for undo."""
+        with self.lock:
+            return self._replace(label or self.label, {k: p for k, p in sorted(prompts.items()) if not p.empty})
+
+    def update_prompts(self, label: str | None = None, *, points=None, boxes=None, masks=None) -> list[int]:
+        """Replace one or more tools' parts of the label's prompts (see :func:`prompts.with_tool`)."""
+        with self.lock:
+            label = label or self.label
+            return self._replace(label, with_tool(self.prompts(label), points=points, boxes=boxes, masks=masks))
+
+    def _replace(self, label: str, new: Prompts) -> list[int]:
+        self.track(label)
+        old = self._prompts[label]
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            self._history[label].record(old)
+            self._prompts[label] = new
+        return changed
+
+    def undo(self, label: str | None = None) -> Prompts:
+        with self.lock:
+            label = label or self.label
+            self.track(label)
+            self._prompts[label] = self._history[label].undo(self._prompts[label])
+            return self.prompts(label)
+
+    def redo(self, label: str | None = None) -> Prompts:
+        with self.lock:
+            label = label or self.label
+            self.track(label)
+            self._prompts[label] = self._history[label].redo(self._prompts[label])
+            return self.prompts(label)
+
+    def history_depth(self, label: str | None = None) -> tuple[int, int]:
+        history = self._history.get(label or self.label)
+        return history.depth if history else (0, 0)
+
+    # -- answers -------------------------------------------------------------------------------
+    def propagate(
+        self, lo: int, hi: int, auto_stop: int = 0, incremental: bool = True, rejoin: int = REJOIN_SLICES,
+        label: str | None = None,
+    ) -> Propagation:
+        """Propagate the label's prompts through ``[lo, hi]`` (see :class:`tracking.LabelTrack`)."""
+        with self.lock:
+            label = label or self.label
+            track = self.track(label)
+            return track.propagate(self._prompts[label], lo, hi, auto_stop, incremental, rejoin)
+
+    def segment_slice(self, k: int, prompt: SlicePrompt, label: str | None = None) -> tuple[np.ndarray, float]:
+        """Answer a prompt on one slice without propagating (the 2D model): always slice k's own mask.
+        Answers are remembered by (label, slice, prompt), so asking again costs nothing."""
+        with self.lock:
+            label = label or self.label
+            track = self.track(label)
+            self._replace(label, {k: prompt})
+            key = (label, k, prompt)
+            hit = self._cache_2d.get(key)
+            if hit is None:
+                hit = track.segment_slice(k, prompt)
+                self._cache_2d[key] = hit
+                while len(self._cache_2d) > MAX_2D_CACHE:
+                    self._cache_2d.pop(next(iter(self._cache_2d)))
+            mask, score = hit
+            return mask.copy(), score
+
+    def combined(self, labels: list[str] | None = None) -> tuple[np.ndarray, dict[str, int]]:
+        """The last 3D results of several labels in one map (values 1, 2, ... in ``self.labels`` order).
+        Where masks overlap, the voxel goes to the label whose SAM 2 mask logit is higher there."""
+        with self.lock:
+            names = [n for n in (labels or self.labels) if n in self._tracks and self._tracks[n].last is not None]
+            if not names:
+                raise PromptError("no label of this session has a 3D result yet")
+            values = {n: self.labels.index(n) + 1 for n in names}
+            out = np.zeros(self.volume.slices_u8.shape, dtype=np.uint8)
+            best = np.full(self.volume.slices_u8.shape[1:], -np.inf, dtype=np.float32)
+            count = np.zeros(self.volume.slices_u8.shape, dtype=np.uint8)
+            for n in names:
+                count += self._tracks[n].last.mask > 0
+            for k in np.flatnonzero((count > 1).reshape(count.shape[0], -1).any(axis=1)):
+                best.fill(-np.inf)
+                for n in names:
+                    m = self._tracks[n].last.mask[k] > 0
+                    logits = self._tracks[n].logits(k)
+                    score = np.where(m, logits if logits is not None else 0.0, -np.inf)
+                    win = score > best
+                    out[k][win] = values[n]
+                    best = np.maximum(best, score)
+            single = count == 1
+            for n in names:
+                out[single & (self._tracks[n].last.mask > 0)] = values[n]
+            return out, values
+
+    def nbytes(self) -> int:
+        """What this session holds beyond the shared volume and features."""
+        return sum(t.nbytes() for t in self._tracks.values()) + sum(m.nbytes for m, _ in self._cache_2d.values())
