@@ -171,5 +171,11 @@ def test_label_spec():
     assert datasets.LabelSpec.parse("wt=1,2,4") == datasets.LabelSpec("wt", (1, 2, 4))
     assert datasets.LabelSpec.parse("3") == datasets.LabelSpec("3", (3,))
     assert datasets.LabelSpec.parse("fg=any").values is None
+    lungs = datasets.LabelSpec.parse("lungs=10+11,12+13+14")  # two lungs, each made of lobes
+    assert lungs.values == (10, 11, 12, 13, 14) and lungs.groups == ((10, 11), (12, 13, 14))
+    lab = np.array([[0, 10, 11, 12, 14, 3]])
+    parts = lungs.parts(lab)
+    assert parts[0, 1] == parts[0, 2] != parts[0, 3] == parts[0, 4] and parts[0, 0] == parts[0, 5] == 0
+    assert list(datasets.LabelSpec.parse("lungs=1,2").parts(np.array([0, 1, 2, 5]))) == [0, 1, 2, 0]
     with pytest.raises(ValueError):
         datasets.LabelSpec.parse("wt=a,b")

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from lib.engine.intensity import IntensityPreset
-from lib.evaluation import datasets, metrics, protocols
+from lib.evaluation import metrics, protocols
 from lib.evaluation import prompts as P
 
 

@@ -140,6 +140,7 @@ def _log_to(out: str, debug: bool) -> None:
     for h in list(root.handlers):
         if getattr(h, "_sam2eval", False):
             root.removeHandler(h)
+            h.close()
     for h in (console, logfile):
         h._sam2eval = True
         root.addHandler(h)

@@ -131,7 +131,7 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
             if not gt.any():
                 results.append(_fail(spec_l.name, None, "absent", "label absent from this case"))
                 continue
-            parts = np.where(gt, loaded.label, 0)
+            parts = spec_l.parts(loaded.label)
             for spec in specs:
                 try:
                     session = engine.open(loaded.image_path, client_id=f"eval/{spec_l.name}/{spec.name}",

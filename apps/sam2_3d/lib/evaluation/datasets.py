@@ -229,10 +229,15 @@ def load(case: Case, objects_mask: callable | None = None, z_margin: int | None 
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """A named set of label values evaluated as one object (``wt=1,2,3,4``); ``any`` = label > 0."""
+    """A named set of label values evaluated as one object (``wt=1,2,3,4``); ``any`` = label > 0.
+
+    ``+`` joins values into one *part* of the object (``lungs=10+11,12+13+14``: two lungs made of lobes);
+    without it each value is a part. Parts matter to gutierrez2023-lung only (one positive per part).
+    """
 
     name: str
     values: tuple[int, ...] | None  # None: every non-zero value
+    groups: tuple[tuple[int, ...], ...] | None = None  # the parts, when some values are joined by '+'
 
     @classmethod
     def parse(cls, text: str) -> "LabelSpec":
@@ -241,15 +246,23 @@ class LabelSpec:
         if vals.strip().lower() in ("any", ">0", "fg"):
             return cls(name.strip(), None)
         try:
-            values = tuple(int(v) for v in vals.split(",") if v.strip())
+            groups = tuple(tuple(int(v) for v in item.split("+")) for item in vals.split(",") if item.strip())
         except ValueError as e:
-            raise ValueError(f"label {text!r}: use VALUE, NAME=V1,V2 or NAME=any") from e
+            raise ValueError(f"label {text!r}: use VALUE, NAME=V1,V2 (V1+V2: one part) or NAME=any") from e
+        values = tuple(v for g in groups for v in g)
         if not values:
             raise ValueError(f"label {text!r} has no values")
-        return cls(name.strip(), values)
+        return cls(name.strip(), values, groups if any(len(g) > 1 for g in groups) else None)
 
     def mask(self, label: np.ndarray) -> np.ndarray:
         return label > 0 if self.values is None else np.isin(label, self.values)
+
+    def parts(self, label: np.ndarray) -> np.ndarray:
+        """One id per part of the object (label values, or '+' groups), 0 outside it."""
+        parts = np.where(self.mask(label), label, 0)
+        for n, group in enumerate(self.groups or ()):
+            parts = np.where(np.isin(label, group), -(n + 1), parts)  # negative ids cannot clash with values
+        return parts
 
     def to_dict(self) -> dict:
         return {"name": self.name, "values": list(self.values) if self.values else "any"}

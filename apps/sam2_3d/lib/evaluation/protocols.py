@@ -245,12 +245,12 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def _gutierrez_lung(spec, session, gt, parts=None, **_) -> ProtocolRun:
     """Gutiérrez et al. (i3uex/sam process_image.py): every slice with the object, alone, with one positive
     per part (lung) at its centre of mass and a negative at the image centre; no propagation."""
-    if parts is None:
-        parts = gt.astype(np.int32)
+    parts = gt.astype(np.int32) if parts is None else parts
+    single = len(np.unique(parts[gt])) == 1  # one part (one label value): its separate contours are the parts
     steps = []
     for k in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1)):
         slice_parts = np.where(gt[k], parts[k], 0)
-        if len(np.unique(slice_parts)) == 2:  # one label value: its separate contours are the parts
+        if single:
             from scipy import ndimage
 
             slice_parts = ndimage.label(gt[k])[0]

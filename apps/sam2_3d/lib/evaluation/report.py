@@ -42,8 +42,8 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
         f"- dataset: `{config['dataset']}` (format {config['format']}"
         + (f", modality {config['modality']}" if config.get("modality") else "") + f"), {len({r['case'] for r in records})} cases",
         f"- labels: {', '.join(config['labels'])}; protocols: {', '.join(config['protocols'])}",
-        f"- propagation range for mask/clicks: **{config['range']}** (box always propagates over the object's "
-        "z-range; slice2d does not propagate)",
+        f"- this project's `mask`/`clicks` propagate over **{config['range']}**, its `box` over the object's z-range; "
+        "the papers' protocols use their own ranges (the video for shen2024-*, the whole volume for medsam2-box)",
         f"- z-crop before evaluation: "
         + (f"object z-range ± {config['z_margin']} slices" if config.get("z_margin") is not None else "none")
         + (f", at most {config['max_slices']} slices" if config.get("max_slices") else ""),
