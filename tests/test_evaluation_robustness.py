@@ -82,7 +82,9 @@ def test_grid_check_names_what_differs(change, word):
 
 def test_bad_cases_become_failed_rows_and_the_run_goes_on(messy, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["--data", messy, "--format", "cases", "--label-file", "label*|aorta*", "--label", "vessel=1",
+    keys = tmp_path / "keys.csv"
+    keys.write_text("case,key_slice\nb_aorta,2\n")
+    argv = ["--data", messy, "--key-slices", str(keys), "--format", "cases", "--label-file", "label*|aorta*", "--label", "vessel=1",
             "--protocol", "shen2024-1mask", "medsam2-box", "--random-weights", "--image-size", str(TEST_IMAGE_SIZE),
             "--device", "cpu", "--workers", "1", "--out", str(out), "--no-progress"]
     assert evaluate.main(argv) == 0
@@ -106,13 +108,14 @@ def test_bad_cases_become_failed_rows_and_the_run_goes_on(messy, tmp_path, capsy
     for col in ("paper_dice", "paper_nsd", "dice_pooled", "dice_slice_mean", "nsd_monai", "nsd_surfel"):
         assert 0.0 <= float(shen[col]) <= 1.0 and 0.0 <= float(box[col]) <= 1.0
     assert shen["dice_pooled_no_prompt_slice"] != "" and box["dice_pooled_no_prompt_slice"] == ""
-    assert box["prompt_slice"] == "3" and "largest" in box["prompt_slice_source"]
+    assert (box["prompt_slice"], box["prompt_slice_source"]) == ("2", "given")  # the dataset's key slice
     assert float(shen["encode_seconds"]) > 0 and shen["encode_frames"] == "6" and shen["device"] == "cpu"
     # per-slice Dice: none where the protocol never ran (outside the video)
     rec = json.load(open(out / "results.json"))["cases"]
     shen_rec = next(r for c in rec if c["case"] == "b_aorta" for r in c["results"] if r["protocol"] == "shen2024-1mask")
     assert shen_rec["per_slice_dice"][0] is None and shen_rec["per_slice_dice"][4] is None
-    assert shen_rec["per_slice_dice"][2] == 1.0  # the ground-truth prompt
+    assert shen_rec["per_slice_dice"][2] == 1.0 and shen_rec["per_slice_iou"][2] == 1.0  # the ground-truth prompt
+    assert shen_rec["per_slice_iou"][0] is None
     report = open(out / "report.md").read()
     assert "RANDOM WEIGHTS" in report and "## Skipped and failed" in report and "not on the image grid" in report
     assert "![prompts shen2024-1mask]" in report and "![prompts medsam2-box]" in report
@@ -127,3 +130,15 @@ def test_a_bad_command_line_gives_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.strip().splitlines()[-1].startswith("error: dataset not found")
     assert "Traceback" not in err
+
+
+def test_key_slices_file(tmp_path):
+    good = tmp_path / "k.csv"
+    good.write_text("case,key_slice\nA,7\nB,0\n")
+    assert evaluate.read_key_slices(str(good)) == {"A": 7, "B": 0}
+    (tmp_path / "k.json").write_text('{"A": 3}')
+    assert evaluate.read_key_slices(str(tmp_path / "k.json")) == {"A": 3}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,slice\nA,7\n")
+    with pytest.raises(ValueError, match="case,key_slice"):
+        evaluate.read_key_slices(str(bad))

@@ -86,20 +86,23 @@ def test_resume_runs_only_the_remaining_cases(dataset, baseline, tmp_path, monke
         return real(case_d, *args, **kwargs)
 
     monkeypatch.setattr(case_task, "evaluate_case", interrupted_after_first)
-    temps_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "sam2eval-*")))
+    temp = tmp_path / "tmp"  # this run's own temp root: other processes on the machine use /tmp too
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     with pytest.raises(KeyboardInterrupt):
-        evaluate.main(argv(dataset, tmp_path, "--workers", "1"))
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "sam2eval-*"))) <= temps_before  # crops removed
-    assert calls == ["cord"] and os.path.exists(tmp_path / "cases" / "default" / "cord.json")
-    assert not os.path.exists(tmp_path / "cases" / "default" / "mr.json")
+        evaluate.main(argv(dataset, tmp_path / "out", "--workers", "1"))
+    assert not glob.glob(str(temp / "*"))  # the run's crops were written there and are gone
+    out = tmp_path / "out"
+    assert calls == ["cord"] and os.path.exists(out / "cases" / "default" / "cord.json")
+    assert not os.path.exists(out / "cases" / "default" / "mr.json")
 
     ran = []
     monkeypatch.setattr(case_task, "evaluate_case", lambda case_d, *a, **k: ran.append(case_d["case_id"]) or real(case_d, *a, **k))
-    assert evaluate.main(argv(dataset, tmp_path, "--workers", "1")) == 0
+    assert evaluate.main(argv(dataset, out, "--workers", "1")) == 0
     assert ran == ["mr"]
-    assert records(tmp_path) == records(baseline)
+    assert records(out) == records(baseline)
     # a rerun with other result-changing options is refused rather than mixed in, in one line
-    assert evaluate.main(argv(dataset, tmp_path, "--workers", "1", "--range", "object")) == 2
+    assert evaluate.main(argv(dataset, out, "--workers", "1", "--range", "object")) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--overwrite" in errors[0] and "Traceback" not in err

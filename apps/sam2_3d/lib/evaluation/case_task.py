@@ -170,6 +170,7 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
                     "label": spec_l.name, "protocol": spec.name, "status": "ok", "reason": "", "metrics": m,
                     "anchor": run.anchor, "propagate": list(run.propagate) if run.propagate else None,
                     "info": run.info, "steps": run.steps, "per_slice_dice": [None if d is None else round(d, 6) for d in per_slice],
+                    "per_slice_iou": [None if d is None else round(d / (2.0 - d), 6) for d in per_slice],
                     "gt_area": [int(a) for a in areas], "worst_slices": worst,
                     "slices_processed": run.slices_processed, "seconds": round(run.seconds, 3),
                     "frames_encoded_in_protocol": session.features.frames_encoded - before,

@@ -87,7 +87,7 @@ def worst_overlays(path: str, items: list[tuple], title: str) -> str:
     ``items``: (caption, [3, H, W] image/gt/pred) or (caption, array, steps on that slice).
     """
     n = len(items)
-    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.1), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(4.0, 2.8 * n), 3.3), squeeze=False)
     for ax, item in zip(axes.flat, items):
         caption, (img, gt, pred) = item[0], item[1]
         ax.imshow(img, cmap="gray", interpolation="nearest")
@@ -99,5 +99,5 @@ def worst_overlays(path: str, items: list[tuple], title: str) -> str:
             draw_prompts(ax, item[2], gt)
         ax.set_title(caption, fontsize=6)
         ax.axis("off")
-    fig.suptitle(title + "  (green: ground truth, red: prediction)", fontsize=8)
+    fig.suptitle(title + "\n(green: ground truth, red: prediction)", fontsize=7)
     return _save(fig, path)

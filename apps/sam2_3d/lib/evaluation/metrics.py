@@ -27,6 +27,13 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # [B=1, C=1, ...]
 
 
+def _monai_surface_dice(*args, **kwargs) -> torch.Tensor:
+    """MONAI's compute_surface_dice, without its internal deprecation notice (printed once per call)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+        return compute_surface_dice(*args, **kwargs)
+
+
 def _f(x: torch.Tensor) -> float | None:
     v = float(x.flatten()[0])
     return None if math.isnan(v) else v
@@ -48,7 +55,7 @@ def nsd(pred: np.ndarray, gt: np.ndarray, spacing, tolerance_mm: float) -> float
     if not pred.any() or not gt.any():
         return 0.0
     return _f(
-        compute_surface_dice(
+        _monai_surface_dice(
             _t(pred), _t(gt), class_thresholds=[float(tolerance_mm)], include_background=True,
             spacing=[float(s) for s in spacing],
         )
@@ -79,7 +86,7 @@ def nsd_surfel(pred: np.ndarray, gt: np.ndarray, spacing, tolerance_mm: float) -
 
 def nsd_shen_reference(pred: np.ndarray, gt: np.ndarray) -> float | None:
     """segment_any_image.py's NSD: ``compute_surface_dice(y_pred, y, class_thresholds=[1])``, no spacing."""
-    return _f(compute_surface_dice(_t(pred), _t(gt), class_thresholds=[1]))
+    return _f(_monai_surface_dice(_t(pred), _t(gt), class_thresholds=[1]))
 
 
 def _mean(values: list[float]) -> float | None:
