@@ -98,29 +98,29 @@ def test_metrics_match_monai_on_known_masks():
     from monai.metrics import DiceMetric, MeanIoU, SurfaceDiceMetric
 
     gt = np.zeros((8, 30, 30), bool)
-    gt[2:6, 5:25, 5:25] = True  # 4 slices x 400 px: all salient (> 256)
+    gt[2:6, 5:25, 5:25] = True  # 4 slices x 400 px
     pred = np.zeros_like(gt)
     pred[2:6, 5:25, 10:30] = True  # shifted 5 px: 4 x 300 overlap
     m = metrics.evaluate(pred, gt, (3.0, 1.0, 1.0), 2.0)
-    assert m["volume"]["dice"] == pytest.approx(2 * 1200 / (1600 + 1600))
-    assert m["volume"]["iou"] == pytest.approx(1200 / 2000)
+    assert m["dice_pooled"] == pytest.approx(2 * 1200 / (1600 + 1600))
+    assert m["iou_pooled"] == pytest.approx(1200 / 2000)
     t = lambda a: torch.from_numpy(a.astype(np.float32))[None, None]  # noqa: E731
     dm, im = DiceMetric(include_background=True), MeanIoU(include_background=True)
     sm = SurfaceDiceMetric(class_thresholds=[2.0], include_background=True)
     dm(t(pred), t(gt)), im(t(pred), t(gt)), sm(t(pred), t(gt), spacing=[3.0, 1.0, 1.0])
-    assert m["volume"]["dice"] == pytest.approx(float(dm.aggregate()))
-    assert m["volume"]["iou"] == pytest.approx(float(im.aggregate()))
-    assert m["volume"]["nsd"] == pytest.approx(float(sm.aggregate()))
-    assert 0 < m["volume"]["nsd"] < 1
-    assert m["salient"]["slices"] == 4 and m["salient"]["dice"] == pytest.approx(0.75)
-    assert m["zrange"]["dice"] == pytest.approx(0.75)
-    # leakage outside the object's z-range lowers the volume score, not the z-range one
+    assert m["dice_pooled"] == pytest.approx(float(dm.aggregate()))
+    assert m["iou_pooled"] == pytest.approx(float(im.aggregate()))
+    assert m["nsd_monai"] == pytest.approx(float(sm.aggregate()))
+    assert 0 < m["nsd_monai"] < 1 and m["object_slices"] == 4 and m["dice_slice_mean"] == pytest.approx(0.75)
+    # leakage outside the object's slices lowers the pooled score; the slice mean only counts object slices
     pred[7, 5:25, 5:25] = True
     m = metrics.evaluate(pred, gt, (3.0, 1.0, 1.0), 2.0)
-    assert m["volume"]["dice"] < m["zrange"]["dice"] == pytest.approx(0.75)
+    assert m["dice_pooled"] < 0.75 and m["dice_slice_mean"] == pytest.approx(0.75)
+    assert metrics.evaluate(pred, gt, (3.0, 1.0, 1.0), 2.0, scored=(1, 6))["dice_pooled"] == pytest.approx(0.75)
     per = metrics.per_slice_dice(pred, gt)
     assert per[0] == 1.0 and per[3] == pytest.approx(0.75) and per[7] == 0.0
-    assert metrics.evaluate(gt, gt, (1, 1, 1), 1.0)["volume"] == {"dice": 1.0, "iou": 1.0, "nsd": 1.0}
+    same = metrics.evaluate(gt, gt, (1, 1, 1), 1.0)
+    assert (same["dice_pooled"], same["iou_pooled"], same["nsd_monai"], same["nsd_surfel"]) == (1.0, 1.0, 1.0, 1.0)
 
 
 def test_dataset_layouts(tmp_path):
@@ -171,5 +171,11 @@ def test_label_spec():
     assert datasets.LabelSpec.parse("wt=1,2,4") == datasets.LabelSpec("wt", (1, 2, 4))
     assert datasets.LabelSpec.parse("3") == datasets.LabelSpec("3", (3,))
     assert datasets.LabelSpec.parse("fg=any").values is None
+    lungs = datasets.LabelSpec.parse("lungs=10+11,12+13+14")  # two lungs, each made of lobes
+    assert lungs.values == (10, 11, 12, 13, 14) and lungs.groups == ((10, 11), (12, 13, 14))
+    lab = np.array([[0, 10, 11, 12, 14, 3]])
+    parts = lungs.parts(lab)
+    assert parts[0, 1] == parts[0, 2] != parts[0, 3] == parts[0, 4] and parts[0, 0] == parts[0, 5] == 0
+    assert list(datasets.LabelSpec.parse("lungs=1,2").parts(np.array([0, 1, 2, 5]))) == [0, 1, 2, 0]
     with pytest.raises(ValueError):
         datasets.LabelSpec.parse("wt=a,b")

@@ -28,13 +28,18 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--modality", help="cases format: part of the image file name to use (e.g. flair)")
     d.add_argument("--channel", type=int, default=0, help="channel of 4D images (MSD multi-modal tasks)")
     d.add_argument("--cases", nargs="+", help="only these case ids")
+    d.add_argument("--label-file", help="glob(s) naming the label file in a case folder, '|'-separated "
+                   "(default '*seg*|*label*'; e.g. 'aorta*' for aorta.nii.gz)")
+    d.add_argument("--key-slices", help="CSV (case,key_slice) or JSON {case: k}: the dataset's key slice per case "
+                   "for medsam2-box (original slice index; default: the largest-area slice)")
     d.add_argument("--label", dest="labels", action="append",
                    help="label to evaluate: VALUE, NAME=V1,V2,... or NAME=any (label>0); repeatable [default: fg=any]")
     d.add_argument("--z-margin", type=int, help="crop each volume to the labels' z-range ± this many slices")
     d.add_argument("--max-slices", type=int, help="then keep at most this many slices around the labels' middle")
     e = p.add_argument_group("protocols and metrics")
     e.add_argument("--protocol", dest="protocols", nargs="+", default=["mask", "clicks", "box", "slice2d"],
-                   help="mask, clicks, clicksN (N=1..5), box, slice2d")
+                   help="the papers' recipes: shen2024-1mask, shen2024-salient, shen2024-Nclicks (N=1..5), medsam2-box, "
+                   "gutierrez2023-lung; or this project's: mask, clicks, clicksN, box, slice2d (docs/evaluation.md)")
     e.add_argument("--clicks", type=int, default=5, help="rounds of the 'clicks' protocol")
     e.add_argument("--range", default="volume", choices=["volume", "object"],
                    help="mask/clicks propagation range: whole (cropped) volume or the object's z-range")
@@ -60,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="torch threads per Ray worker (default 1)")
     r.add_argument("--overwrite", action="store_true", help="discard results of a previous run in --out")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--debug", action="store_true", help="print full tracebacks (they are always in OUT/evaluate.log)")
     return p
 
 
@@ -88,13 +94,75 @@ def config_from_args(args, argv=None) -> dict:
         "nsd_tolerance": args.nsd_tolerance, "z_margin": args.z_margin, "max_slices": args.max_slices,
         "slice2d_positives": args.slice2d_positives, "seed": args.seed, "worst_slices": args.worst_slices,
         "settings": settings, "out": os.path.abspath(args.out), "workers": workers, "address": args.address,
-        "threads": args.threads,
+        "threads": args.threads, "label_file": args.label_file,
+        "key_slices": read_key_slices(args.key_slices) if args.key_slices else None,
     }
 
 
+def read_key_slices(path: str) -> dict[str, int]:
+    """``case -> key slice`` from a CSV (columns case, key_slice) or a JSON object."""
+    import csv
+    import json
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--key-slices file not found: {path}")
+    if path.endswith(".json"):
+        with open(path) as f:
+            return {str(k): int(v) for k, v in json.load(f).items()}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"case", "key_slice"} <= set(rows[0]):
+        raise ValueError(f"--key-slices {path}: needs a header with the columns case,key_slice")
+    return {r["case"]: int(r["key_slice"]) for r in rows}
+
+
+def _log_to(out: str, debug: bool) -> None:
+    """INFO on the console; everything, tracebacks included, in OUT/evaluate.log."""
+    os.makedirs(out, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler()
+    console.setLevel(logging.DEBUG if debug else logging.INFO)
+
+    class NoTracebacks(logging.Formatter):  # the console gets one line per problem unless --debug
+        def formatException(self, ei):
+            return ""
+
+        def format(self, record):
+            record.exc_text = None
+            return super().format(record).rstrip()
+
+    console.setFormatter(fmt if debug else NoTracebacks("%(levelname)s %(name)s: %(message)s"))
+    logfile = logging.FileHandler(os.path.join(out, "evaluate.log"))
+    logfile.setLevel(logging.DEBUG)
+    logfile.setFormatter(fmt)
+    for h in list(root.handlers):
+        if getattr(h, "_sam2eval", False):
+            root.removeHandler(h)
+            h.close()
+    for h in (console, logfile):
+        h._sam2eval = True
+        root.addHandler(h)
+
+
 def main(argv=None) -> int:
+    """The command; an error ends it with one line naming the problem (the traceback: --debug or the log)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _log_to(args.out, args.debug)
+        return _main(args, argv)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        logging.getLogger("evaluate").debug("error", exc_info=True)
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args, argv) -> int:
     from lib.evaluation import datasets, protocols, runner
 
     for text in args.labels or []:
@@ -103,7 +171,9 @@ def main(argv=None) -> int:
         protocols.ProtocolSpec.parse(text, args.clicks)
     config = config_from_args(args, argv)
     result = runner.run(config, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"ran {len(result['ran'])} case run(s), {result['skipped']} already done")
+    failed = sum(r.get("status") == "failed" for rec in result["records"] for r in rec["results"])
+    print(f"ran {len(result['ran'])} case run(s), {result['skipped']} already done"
+          + (f"; {failed} label/protocol run(s) FAILED (reasons in the report and results.csv)" if failed else ""))
     print(f"CSV: {result['csv']}\nJSON: {result['json']}\nreport: {result['report']}")
     return 0
 

@@ -8,6 +8,7 @@ random-weight runs are reproducible across processes.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from lib.engine.intensity import IntensityPreset
 
 from . import datasets, metrics, protocols
 
+logger = logging.getLogger(__name__)
 _ENGINES: dict[str, object] = {}
 
 
@@ -51,64 +53,145 @@ def engine_for(setting: dict, seed: int):
     return _ENGINES[key]
 
 
+def hardware() -> dict:
+    """Where the timings were taken: they mean nothing without it."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__}
+
+
+def _encode_all(session) -> tuple[int, float]:
+    """Encode every slice once, before any protocol, so that protocol timings are propagation only."""
+    t0 = time.perf_counter()
+    features = session.features
+    before = features.frames_encoded
+    engine = session.engine
+    with engine.lock, torch.inference_mode(), engine.autocast():
+        features.direction, features.bounds = 1, (0, len(features.frames) - 1)
+        for k in range(len(features.frames)):
+            features.get(k)
+    return features.frames_encoded - before, time.perf_counter() - t0
+
+
+def _ran_slices(run: protocols.ProtocolRun, n: int) -> list[bool]:
+    """Which slices the protocol produced an answer for (the rest were never segmented)."""
+    ran = [False] * n
+    if run.propagate is not None:
+        for k in range(run.propagate[0], run.propagate[1] + 1):
+            ran[k] = True
+    for s in run.steps:
+        ran[s["k"]] = True
+    return ran
+
+
+def _fail(label: str, protocol: str | None, status: str, reason: str) -> dict:
+    return {"label": label, "protocol": protocol, "status": status, "reason": reason}
+
+
 def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tuple[dict, dict[str, np.ndarray]]:
-    """Evaluate one case; returns (JSON record, arrays for the report: packed predictions, worst slices)."""
+    """Evaluate one case; returns (JSON record, arrays for the report: packed predictions, worst slices).
+
+    A case that cannot be read, or a (label, protocol) that raises, becomes a failed entry with the
+    reason; the other labels and protocols still run, and so does the rest of the evaluation.
+    """
     t_case = time.perf_counter()
     case = datasets.Case(**case_d)
     labels = [datasets.LabelSpec.parse(t) for t in cfg["labels"]]
     specs = [protocols.ProtocolSpec.parse(p, cfg["clicks"]) for p in cfg["protocols"]]
+    record = {"setting": setting["name"], "case": case.case_id, "source": case.to_dict(), "results": [],
+              "hardware": hardware(), "device": str(setting["conf"].get("device") or
+                                                    ("cuda" if torch.cuda.is_available() else "cpu"))}
+    try:
+        loaded = datasets.load(case, lambda lab: np.logical_or.reduce([s.mask(lab) for s in labels]),
+                               cfg.get("z_margin"), cfg.get("max_slices"), cfg.get("tmp_root"))
+    except Exception as e:  # unreadable file, grids that differ...: one failed case, the run goes on
+        logger.warning(f"{case.case_id}: {e}", exc_info=True)
+        record["error"] = f"{type(e).__name__}: {e}" if not isinstance(e, (ValueError, OSError)) else str(e)
+        record["results"] = [_fail(s.name, None, "failed", record["error"]) for s in labels]
+        record["seconds"] = round(time.perf_counter() - t_case, 3)
+        return record, {}
     _quiet_sam2_progress()
     engine = engine_for(setting, cfg["seed"])
     preset = IntensityPreset(setting["conf"].get("preset") or default_preset(case))
-    union = lambda lab: np.logical_or.reduce([s.mask(lab) for s in labels])  # noqa: E731
-    loaded = datasets.load(case, union, cfg.get("z_margin"), cfg.get("max_slices"))
     results, arrays = [], {}
+    k0 = loaded.crop[0]
     try:
+        encoded, encode_s = None, 0.0
         for spec_l in labels:
             gt = spec_l.mask(loaded.label)
             if not gt.any():
-                results.append({"label": spec_l.name, "absent": True})
+                results.append(_fail(spec_l.name, None, "absent", "label absent from this case"))
                 continue
+            parts = spec_l.parts(loaded.label)
             for spec in specs:
-                session = engine.open(loaded.image_path, client_id=f"eval/{spec_l.name}/{spec.name}", preset=preset,
-                                      mode="2d" if spec.kind == "slice2d" else "3d")
-                run = protocols.run(spec, session, gt, cfg["range"], cfg["slice2d_positives"], cfg["seed"])
-                if on_slices:
-                    on_slices(run.slices_processed)
-                m = metrics.evaluate(run.mask, gt, loaded.spacing_kji, cfg["nsd_tolerance"])
-                per_slice = metrics.per_slice_dice(run.mask, gt)
+                try:
+                    session = engine.open(loaded.image_path, client_id=f"eval/{spec_l.name}/{spec.name}",
+                                          preset=preset, mode="2d" if spec.kind in ("slice2d", "gutierrez_lung") else "3d")
+                    if encoded is None:
+                        encoded, encode_s = _encode_all(session)
+                    before = session.features.frames_encoded
+                    key = (cfg.get("key_slices") or {}).get(case.case_id)
+                    run = protocols.run(spec, session, gt, cfg["range"], cfg["slice2d_positives"], cfg["seed"],
+                                        parts=parts, key_slice=None if key is None else int(key) - k0)
+                    if run.skipped:
+                        results.append(_fail(spec_l.name, spec.name, "skipped", run.skipped))
+                        continue
+                    if on_slices:
+                        on_slices(run.slices_processed)
+                    m = metrics.evaluate(run.mask, gt, loaded.spacing_kji, cfg["nsd_tolerance"], run.scored,
+                                         run.anchor if spec.prompts_ground_truth_mask else None, spec.kind)
+                except Exception as e:
+                    logger.warning(f"{case.case_id}/{spec_l.name}/{spec.name} failed: {e}", exc_info=True)
+                    results.append(_fail(spec_l.name, spec.name, "failed", f"{type(e).__name__}: {e}"))
+                    continue
+                ran = _ran_slices(run, gt.shape[0])
+                per_slice = [d if r else None for d, r in zip(metrics.per_slice_dice(run.mask, gt), ran)]
                 areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
-                worst = _worst_slices(per_slice, areas, cfg["worst_slices"])
+                worst = _worst_slices([1.0 if d is None else d for d in per_slice], areas, cfg["worst_slices"])
                 key = f"{spec_l.name}__{spec.name}"
                 arrays[f"{key}__pred"] = np.packbits(run.mask.astype(bool))
+                if run.anchor is not None:
+                    arrays[f"{key}__anchor"] = np.stack([session.volume.slices_u8[run.anchor], gt[run.anchor].astype(np.uint8),
+                                                         run.mask[run.anchor].astype(np.uint8)])
                 for n, k in enumerate(worst):
                     arrays[f"{key}__worst{n}"] = np.stack(
                         [session.volume.slices_u8[k], gt[k].astype(np.uint8), run.mask[k].astype(np.uint8)]
                     )
                 results.append({
-                    "label": spec_l.name, "protocol": spec.name, "metrics": m,
+                    "label": spec_l.name, "protocol": spec.name, "status": "ok", "reason": "", "metrics": m,
                     "anchor": run.anchor, "propagate": list(run.propagate) if run.propagate else None,
-                    "steps": run.steps, "per_slice_dice": [round(d, 6) for d in per_slice],
+                    "info": run.info, "steps": run.steps, "per_slice_dice": [None if d is None else round(d, 6) for d in per_slice],
+                    "per_slice_iou": [None if d is None else round(d / (2.0 - d), 6) for d in per_slice],
                     "gt_area": [int(a) for a in areas], "worst_slices": worst,
                     "slices_processed": run.slices_processed, "seconds": round(run.seconds, 3),
+                    "frames_encoded_in_protocol": session.features.frames_encoded - before,
                     "preset": preset.name,
                 })
         shape = list(loaded.label.shape)
     finally:
         engine.close(loaded.image_path)
         loaded.cleanup()
-    record = {
-        "setting": setting["name"], "case": case.case_id, "source": case.to_dict(),
+    record.update({
         "shape_kji": shape, "spacing_kji": list(loaded.spacing_kji), "crop": list(loaded.crop),
         "original_slices": loaded.original_slices, "results": results,
+        "encode": {"frames": encoded or 0, "seconds": round(encode_s, 3)},
         "seconds": round(time.perf_counter() - t_case, 3),
-    }
+    })
     return record, arrays
 
 
 def _worst_slices(per_slice: list[float], areas: np.ndarray, n: int) -> list[int]:
     """The n lowest-Dice salient slices (or, if none is salient, slices holding the object)."""
-    candidates = np.flatnonzero(areas > metrics.SALIENT_PIXELS)
+    candidates = np.flatnonzero(areas > metrics.SALIENT_PIXELS)  # the papers' 'salient' slices
     if candidates.size == 0:
         candidates = np.flatnonzero(areas)
     order = sorted(candidates, key=lambda k: (per_slice[k], k))

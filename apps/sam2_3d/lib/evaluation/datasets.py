@@ -17,6 +17,7 @@ temporary NIfTI first; the engine itself is not changed.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import re
@@ -67,19 +68,34 @@ def _paired_folders(root: str, img_dir: str, lab_dir: str, channel: int) -> list
     return cases
 
 
+DEFAULT_LABEL_PATTERN = "*seg*|*label*"
+LABEL_HINT = ("label files are found by name: in a case folder the file matching --label-file (default "
+              f"'{DEFAULT_LABEL_PATTERN}'), in a flat folder X_label / X_seg / X_gt / X_mask next to X; a label named "
+              "after its structure (e.g. aorta.nii.gz) needs --label-file 'aorta*' (globs, '|' separates several)")
+
+
+def _matches(path: str, pattern: str) -> bool:
+    name = os.path.basename(path).lower()
+    return any(fnmatch.fnmatch(name, p.strip().lower()) for p in pattern.split("|") if p.strip())
+
+
 def _flat_pairs(root: str) -> list[Case]:
     files = _images(root)
     labels = {LABEL_SUFFIX.sub("", _stem(p)): p for p in files if LABEL_SUFFIX.search(_stem(p))}
     return [Case(_stem(p), p, labels[_stem(p)]) for p in files if _stem(p) in labels and p not in labels.values()]
 
 
-def _case_folders(root: str, modality: str | None) -> list[Case]:
+def _case_folders(root: str, modality: str | None, label_pattern: str | None = None) -> list[Case]:
     """Sub-folders that are cases; or, when there are none, ``root`` itself as a single case."""
     cases = []
     folders = sorted(d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d))
     for folder in folders or [root]:
         files = _images(folder)
-        labels = [p for p in files if re.search(r"(seg|label)", os.path.basename(p), re.IGNORECASE)]
+        labels = [p for p in files if _matches(p, label_pattern or DEFAULT_LABEL_PATTERN)]
+        if len(labels) > 1:
+            raise ValueError(f"case folder {folder}: several files match the label pattern "
+                             f"{label_pattern or DEFAULT_LABEL_PATTERN!r}: {[os.path.basename(p) for p in labels]}; "
+                             "pass --label-file with a narrower glob")
         images = [p for p in files if p not in labels]
         if len(labels) != 1 or not images:
             continue
@@ -96,7 +112,8 @@ def _case_folders(root: str, modality: str | None) -> list[Case]:
     return cases
 
 
-def discover(root: str, fmt: str = "auto", modality: str | None = None, channel: int = 0) -> list[Case]:
+def discover(root: str, fmt: str = "auto", modality: str | None = None, channel: int = 0,
+             label_pattern: str | None = None) -> list[Case]:
     """All cases of a dataset folder (or a single .npz file), sorted by case id."""
     root = os.path.abspath(root)
     if not os.path.exists(root):
@@ -106,7 +123,7 @@ def discover(root: str, fmt: str = "auto", modality: str | None = None, channel:
         if os.path.isdir(root) else ([Case(_stem(root), root, kind="npz")] if root.endswith(".npz") else []),
         "msd": lambda: _paired_folders(root, "imagesTr", "labelsTr", channel),
         "pairs": lambda: _paired_folders(root, "images", "labels", channel) or _flat_pairs(root),
-        "cases": lambda: _case_folders(root, modality),
+        "cases": lambda: _case_folders(root, modality, label_pattern),
     }
     if fmt not in ("auto", *finders):
         raise ValueError(f"unknown dataset format {fmt!r}; use auto, {', '.join(finders)}")
@@ -114,7 +131,7 @@ def discover(root: str, fmt: str = "auto", modality: str | None = None, channel:
         cases = finders[name]()
         if cases:
             return sorted(cases, key=lambda c: c.case_id)
-    raise ValueError(f"no image/label cases found in {root} (format {fmt})")
+    raise ValueError(f"no image/label cases found in {root} (format {fmt}); {LABEL_HINT}")
 
 
 @dataclass
@@ -143,20 +160,41 @@ def _read(case: Case) -> tuple[sitk.Image, np.ndarray, bool]:
             image.SetOrigin([float(v) for v in data["origin"]])
         if "direction" in data:
             image.SetDirection([float(v) for v in np.asarray(data["direction"]).ravel()])
-        return image, np.rint(np.asarray(data["gts"])).astype(np.int32), False
+        gts = np.asarray(data["gts"])
+        if gts.shape != tuple(reversed(image.GetSize())):
+            raise GridMismatch(f"{case.case_id}: gts shape {gts.shape} != imgs shape {tuple(reversed(image.GetSize()))}")
+        return image, np.rint(gts).astype(np.int32), False
     image = sitk.ReadImage(case.image)
     as_is = image.GetDimension() == 3
     if image.GetDimension() == 4:
         size = list(image.GetSize())
         image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, case.channel])
-    label = sitk.GetArrayFromImage(sitk.ReadImage(case.label))
-    if label.shape != tuple(reversed(image.GetSize())):
-        raise ValueError(f"{case.case_id}: label shape {label.shape} != image shape {tuple(reversed(image.GetSize()))}")
-    return image, np.rint(label).astype(np.int32), as_is
+    label_image = sitk.ReadImage(case.label)
+    check_grid(image, label_image, case.case_id)
+    return image, np.rint(sitk.GetArrayFromImage(label_image)).astype(np.int32), as_is
+
+
+class GridMismatch(ValueError):
+    """The label is not on its image's voxel grid: scoring it would compare the wrong voxels."""
+
+
+def check_grid(image: sitk.Image, label: sitk.Image, case_id: str, tol: float = 1e-3) -> None:
+    """Size, spacing, origin and direction of the label must be the image's (relative tolerance ``tol``)."""
+    problems = []
+    if tuple(label.GetSize())[:3] != tuple(image.GetSize())[:3]:
+        problems.append(f"size {label.GetSize()} vs image {image.GetSize()}")
+    for what, a, b, atol in (("spacing", label.GetSpacing(), image.GetSpacing(), 0.0),
+                             ("origin", label.GetOrigin(), image.GetOrigin(), 1e-2),
+                             ("direction", label.GetDirection(), image.GetDirection(), 1e-4)):
+        if len(a) != len(b) or not np.allclose(a, b, rtol=tol, atol=atol):
+            problems.append(f"{what} {tuple(round(v, 4) for v in a)} vs image {tuple(round(v, 4) for v in b)}")
+    if problems:
+        raise GridMismatch(f"{case_id}: label is not on the image grid: " + "; ".join(problems)
+                           + " (resample the label onto the image first)")
 
 
 def load(case: Case, objects_mask: callable | None = None, z_margin: int | None = None,
-         max_slices: int | None = None) -> LoadedCase:
+         max_slices: int | None = None, tmp_root: str | None = None) -> LoadedCase:
     """Load a case; optionally crop along z around the union of the evaluated objects.
 
     ``objects_mask(label) -> bool [K,J,I]`` gives that union. ``z_margin`` keeps its z-range plus that
@@ -178,18 +216,28 @@ def load(case: Case, objects_mask: callable | None = None, z_margin: int | None 
     spacing_kji = (float(spacing[2]), float(spacing[1]), float(spacing[0]))
     if as_is and (k0, k1) == (0, n - 1):
         return LoadedCase(case.image, label, spacing_kji, (k0, k1), n)
-    tmpdir = tempfile.mkdtemp(prefix=f"sam2eval-{case.case_id}-")
-    path = os.path.join(tmpdir, "image.nii.gz")
-    sitk.WriteImage(image[:, :, k0 : k1 + 1], path, useCompression=False)
+    root = tmp_root if tmp_root and os.path.isdir(tmp_root) else None  # a Ray node without it: the default
+    tmpdir = tempfile.mkdtemp(prefix=f"sam2eval-{case.case_id}-", dir=root)
+    try:
+        path = os.path.join(tmpdir, "image.nii.gz")
+        sitk.WriteImage(image[:, :, k0 : k1 + 1], path, useCompression=False)
+    except BaseException:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
     return LoadedCase(path, label[k0 : k1 + 1], spacing_kji, (k0, k1), n, tmpdir)
 
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """A named set of label values evaluated as one object (``wt=1,2,3,4``); ``any`` = label > 0."""
+    """A named set of label values evaluated as one object (``wt=1,2,3,4``); ``any`` = label > 0.
+
+    ``+`` joins values into one *part* of the object (``lungs=10+11,12+13+14``: two lungs made of lobes);
+    without it each value is a part. Parts matter to gutierrez2023-lung only (one positive per part).
+    """
 
     name: str
     values: tuple[int, ...] | None  # None: every non-zero value
+    groups: tuple[tuple[int, ...], ...] | None = None  # the parts, when some values are joined by '+'
 
     @classmethod
     def parse(cls, text: str) -> "LabelSpec":
@@ -198,15 +246,23 @@ class LabelSpec:
         if vals.strip().lower() in ("any", ">0", "fg"):
             return cls(name.strip(), None)
         try:
-            values = tuple(int(v) for v in vals.split(",") if v.strip())
+            groups = tuple(tuple(int(v) for v in item.split("+")) for item in vals.split(",") if item.strip())
         except ValueError as e:
-            raise ValueError(f"label {text!r}: use VALUE, NAME=V1,V2 or NAME=any") from e
+            raise ValueError(f"label {text!r}: use VALUE, NAME=V1,V2 (V1+V2: one part) or NAME=any") from e
+        values = tuple(v for g in groups for v in g)
         if not values:
             raise ValueError(f"label {text!r} has no values")
-        return cls(name.strip(), values)
+        return cls(name.strip(), values, groups if any(len(g) > 1 for g in groups) else None)
 
     def mask(self, label: np.ndarray) -> np.ndarray:
         return label > 0 if self.values is None else np.isin(label, self.values)
+
+    def parts(self, label: np.ndarray) -> np.ndarray:
+        """One id per part of the object (label values, or '+' groups), 0 outside it."""
+        parts = np.where(self.mask(label), label, 0)
+        for n, group in enumerate(self.groups or ()):
+            parts = np.where(np.isin(label, group), -(n + 1), parts)  # negative ids cannot clash with values
+        return parts
 
     def to_dict(self) -> dict:
         return {"name": self.name, "values": list(self.values) if self.values else "any"}

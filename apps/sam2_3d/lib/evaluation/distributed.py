@@ -21,7 +21,7 @@ def _case_in_worker(case_d: dict, setting: dict, cfg: dict):
     return evaluate_case(case_d, setting, cfg)
 
 
-def run_ray(units, config: dict, finished, on_slices=None) -> None:
+def run_ray(units, config: dict, finished, on_slices=None, cfg: dict | None = None) -> None:
     import ray
     import torch
 
@@ -44,7 +44,7 @@ def run_ray(units, config: dict, finished, on_slices=None) -> None:
         on_gpu = any(str(s["conf"].get("device", "cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
                      for s, _ in units) and ray.cluster_resources().get("GPU", 0) > 0
         task = ray.remote(_case_in_worker).options(num_cpus=1, num_gpus=1 if on_gpu else 0, max_retries=1)
-        cfg = task_config(config)
+        cfg = cfg or task_config(config)
         pending = [task.remote(case.to_dict(), setting, cfg) for setting, case in units]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

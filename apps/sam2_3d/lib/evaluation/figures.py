@@ -1,4 +1,4 @@
-"""Matplotlib figures of the report, small PNGs (Agg backend, modest dpi)."""
+"""Matplotlib figures of the report (Agg backend, 150 dpi PNGs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-DPI = 80
+DPI = 150
 
 
 def _save(fig, path: str) -> str:
@@ -34,9 +34,14 @@ def per_case_bars(path: str, cases: list[str], series: dict[str, list[float | No
     return _save(fig, path)
 
 
-def dice_along_z(path: str, panels: list[tuple[str, dict[str, list[float]], list[int], list[int], int]]) -> str:
-    """One panel per case: Dice per slice of each series; grey: ground-truth area; marks: prompted slices."""
+def dice_along_z(path: str, panels: list[tuple[str, dict[str, list[float | None]], list[int], list[int], int]]) -> str | None:
+    """One panel per case: Dice per slice of each series; grey: ground-truth area; marks: prompted slices.
+
+    A None value (the protocol never segmented that slice) is a gap in the line, not a score.
+    """
     n = len(panels)
+    if n == 0:
+        return None
     cols = min(2, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 2.4 * rows), squeeze=False)
@@ -48,7 +53,8 @@ def dice_along_z(path: str, panels: list[tuple[str, dict[str, list[float]], list
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)
         for name, values in series.items():
-            ax.plot(z, values, lw=1, label=name)
+            v = np.array([np.nan if a is None else a for a in values], dtype=float)
+            ax.plot(z, v, lw=1, marker=".", ms=2, label=name)
         for k in anchors:
             ax.axvline(k, color="k", lw=0.6, ls=":")
         ax.set_ylim(-0.02, 1.02)
@@ -62,17 +68,36 @@ def dice_along_z(path: str, panels: list[tuple[str, dict[str, list[float]], list
     return _save(fig, path)
 
 
-def worst_overlays(path: str, items: list[tuple[str, np.ndarray]], title: str) -> str:
-    """Image with ground truth (green) and prediction (red) contours; ``items``: (caption, [3, H, W])."""
+def draw_prompts(ax, steps: list[dict], gt: np.ndarray) -> None:
+    """Points (green + positive, red x negative), boxes (blue), ground-truth mask prompts (cyan, dashed)."""
+    for s in steps:
+        if s["kind"] == "mask":
+            ax.contour(gt, levels=[0.5], colors="cyan", linewidths=1.2, linestyles="dashed")
+        elif s["kind"] == "box":
+            x0, y0, x1, y1 = s["box"]
+            ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, ec="deepskyblue", lw=1.2))
+        else:
+            for (x, y), lab in zip(s["points"], s["labels"]):
+                ax.plot(x, y, marker="+" if lab else "x", color="lime" if lab else "red", ms=8, mew=2)
+
+
+def worst_overlays(path: str, items: list[tuple], title: str) -> str:
+    """Image with ground truth (green) and prediction (red) contours, and the prompts given on that slice.
+
+    ``items``: (caption, [3, H, W] image/gt/pred) or (caption, array, steps on that slice).
+    """
     n = len(items)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
-    for ax, (caption, (img, gt, pred)) in zip(axes.flat, items):
+    fig, axes = plt.subplots(1, n, figsize=(max(4.0, 2.8 * n), 3.3), squeeze=False)
+    for ax, item in zip(axes.flat, items):
+        caption, (img, gt, pred) = item[0], item[1]
         ax.imshow(img, cmap="gray", interpolation="nearest")
         if gt.any():
             ax.contour(gt, levels=[0.5], colors="lime", linewidths=0.8)
         if pred.any():
             ax.contour(pred, levels=[0.5], colors="red", linewidths=0.8)
+        if len(item) > 2:
+            draw_prompts(ax, item[2], gt)
         ax.set_title(caption, fontsize=6)
         ax.axis("off")
-    fig.suptitle(title + "  (green: ground truth, red: prediction)", fontsize=8)
+    fig.suptitle(title + "\n(green: ground truth, red: prediction)", fontsize=7)
     return _save(fig, path)

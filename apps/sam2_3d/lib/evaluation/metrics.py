@@ -1,15 +1,20 @@
-"""Dice, IoU and normalised surface Dice (NSD) with MONAI's functions, over three scopes.
+"""Dice, IoU and normalised surface Dice (NSD), each in the conventions the papers use, labelled.
 
-* ``volume``: every evaluated slice, as one 3D volume;
-* ``zrange``: only the object's first..last slices (what SAM_2_Medical_3D scores after cropping);
-* ``salient``: only slices with more than ``SALIENT_PIXELS`` ground-truth pixels (the papers' "salient
-  area"); Dice and IoU pool their voxels, NSD is the mean of the 2D per-slice NSDs (a stack of
-  non-adjacent slices has no meaningful 3D surface).
+* Dice / IoU ``pooled``: every scored voxel as one 3D volume (MONAI ``compute_dice`` / ``compute_iou``;
+  what SAM_2_Medical_3D's ``DiceHelper`` and MedSAM2 compute);
+* Dice / IoU ``slice_mean``: the mean of the 2D values over the scored slices that hold the object
+  (Gutiérrez et al. average Jaccard and Dice over slices);
+* NSD ``monai``: MONAI ``compute_surface_dice`` (counts boundary *voxels*, at ``--nsd-tolerance`` mm);
+* NSD ``surfel``: DeepMind's surface-distance ``compute_surface_dice_at_tolerance`` (surface elements
+  weighted by their area; what MedSAM / MedSAM2 report), from the ``surface-distance`` package.
+
+The *paper* metric of a named protocol is the one its reference code prints (see ``paper_metrics``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -20,6 +25,13 @@ SALIENT_PIXELS = 256
 
 def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # [B=1, C=1, ...]
+
+
+def _monai_surface_dice(*args, **kwargs) -> torch.Tensor:
+    """MONAI's compute_surface_dice, without its internal deprecation notice (printed once per call)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+        return compute_surface_dice(*args, **kwargs)
 
 
 def _f(x: torch.Tensor) -> float | None:
@@ -43,7 +55,7 @@ def nsd(pred: np.ndarray, gt: np.ndarray, spacing, tolerance_mm: float) -> float
     if not pred.any() or not gt.any():
         return 0.0
     return _f(
-        compute_surface_dice(
+        _monai_surface_dice(
             _t(pred), _t(gt), class_thresholds=[float(tolerance_mm)], include_background=True,
             spacing=[float(s) for s in spacing],
         )
@@ -57,24 +69,81 @@ def per_slice_dice(pred: np.ndarray, gt: np.ndarray) -> list[float]:
     return [float(v) for v in compute_dice(p, g, include_background=True, ignore_empty=False).flatten()]
 
 
-def evaluate(pred: np.ndarray, gt: np.ndarray, spacing_kji, tolerance_mm: float) -> dict:
-    """All metrics of one binary prediction ``[K, J, I]`` against its ground truth."""
-    pred, gt = pred.astype(bool), gt.astype(bool)
-    areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
-    present = np.flatnonzero(areas)
-    lo, hi = (int(present[0]), int(present[-1])) if present.size else (0, gt.shape[0] - 1)
-    salient = np.flatnonzero(areas > SALIENT_PIXELS)
+def nsd_surfel(pred: np.ndarray, gt: np.ndarray, spacing, tolerance_mm: float) -> float:
+    """DeepMind's surfel-weighted surface Dice (1.0 when both are empty, 0.0 when one is)."""
+    import surface_distance
+
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if not pred.any() and not gt.any():
+        return 1.0
+    if not pred.any() or not gt.any():
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the package uses scipy.ndimage.filters
+        dists = surface_distance.compute_surface_distances(gt, pred, [float(s) for s in spacing])
+    return float(surface_distance.compute_surface_dice_at_tolerance(dists, float(tolerance_mm)))
+
+
+def nsd_shen_reference(pred: np.ndarray, gt: np.ndarray) -> float | None:
+    """segment_any_image.py's NSD: ``compute_surface_dice(y_pred, y, class_thresholds=[1])``, no spacing."""
+    return _f(_monai_surface_dice(_t(pred), _t(gt), class_thresholds=[1]))
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def evaluate(pred: np.ndarray, gt: np.ndarray, spacing_kji, tolerance_mm: float,
+             scored: tuple[int, int] | None = None, prompt_slice: int | None = None,
+             paper: str | None = None) -> dict:
+    """Every metric of one binary prediction ``[K, J, I]`` over the scored slices ``[lo, hi]``.
+
+    ``prompt_slice``: a slice whose prediction is the ground truth by construction (mask prompts);
+    the Dice values are then also given without it (``no_prompt_slice``). ``paper``: the protocol
+    kind whose paper metric to add (``paper_metrics``).
+    """
+    lo, hi = scored if scored is not None else (0, gt.shape[0] - 1)
+    p, g = pred[lo : hi + 1].astype(bool), gt[lo : hi + 1].astype(bool)
+    areas = g.reshape(g.shape[0], -1).sum(axis=1)
+    holding = [k for k in range(g.shape[0]) if areas[k]]
+    per_slice = [overlap(p[k], g[k]) for k in holding]
     out = {
-        "volume": {**overlap(pred, gt), "nsd": nsd(pred, gt, spacing_kji, tolerance_mm)},
-        "zrange": {
-            **overlap(pred[lo : hi + 1], gt[lo : hi + 1]),
-            "nsd": nsd(pred[lo : hi + 1], gt[lo : hi + 1], spacing_kji, tolerance_mm),
-        },
+        "scored": [lo, hi], "scored_slices": int(g.shape[0]), "object_slices": len(holding),
+        **{f"{m}_pooled": v for m, v in overlap(p, g).items()},
+        "dice_slice_mean": _mean([o["dice"] for o in per_slice]),
+        "iou_slice_mean": _mean([o["iou"] for o in per_slice]),
+        "nsd_monai": nsd(p, g, spacing_kji, tolerance_mm),
+        "nsd_surfel": nsd_surfel(p, g, spacing_kji, tolerance_mm),
+        "nsd_tolerance_mm": float(tolerance_mm),
+        "no_prompt_slice": None,
     }
-    if salient.size:
-        slice_nsd = [nsd(pred[k], gt[k], spacing_kji[1:], tolerance_mm) for k in salient]
-        out["salient"] = {**overlap(pred[salient], gt[salient]), "nsd": float(np.mean(slice_nsd)),
-                          "slices": int(salient.size)}
-    else:
-        out["salient"] = {"dice": None, "iou": None, "nsd": None, "slices": 0}
+    if prompt_slice is not None and lo <= prompt_slice <= hi:
+        keep = [k for k in range(g.shape[0]) if k != prompt_slice - lo]
+        out["no_prompt_slice"] = {
+            "dice_pooled": overlap(p[keep], g[keep])["dice"] if keep else None,
+            "dice_slice_mean": _mean([o["dice"] for k, o in zip(holding, per_slice) if k != prompt_slice - lo]),
+        }
+    out["paper"] = paper_metrics(paper, p, g, out)
     return out
+
+
+PAPER_METRICS = {
+    "shen_mask": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
+    "shen_clicks": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
+    "medsam2_box": "pooled Dice (DSC) + surfel NSD at --nsd-tolerance mm over the volume",
+    "gutierrez_lung": "Dice and Jaccard averaged over the slices holding the object (no NSD)",
+}
+
+
+def paper_metrics(kind: str | None, p: np.ndarray, g: np.ndarray, m: dict) -> dict | None:
+    """The numbers the protocol's reference code prints, named by what they are."""
+    if kind not in PAPER_METRICS:
+        return None
+    if kind in ("shen_mask", "shen_clicks"):
+        dice, nsd_v = m["dice_pooled"], nsd_shen_reference(p, g)
+    elif kind == "medsam2_box":
+        dice, nsd_v = m["dice_pooled"], m["nsd_surfel"]
+    else:
+        dice, nsd_v = m["dice_slice_mean"], None
+    return {"dice": dice, "nsd": nsd_v, "iou": m["iou_slice_mean"] if kind == "gutierrez_lung" else m["iou_pooled"],
+            "metric": PAPER_METRICS[kind]}

@@ -42,33 +42,71 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
         f"- dataset: `{config['dataset']}` (format {config['format']}"
         + (f", modality {config['modality']}" if config.get("modality") else "") + f"), {len({r['case'] for r in records})} cases",
         f"- labels: {', '.join(config['labels'])}; protocols: {', '.join(config['protocols'])}",
-        f"- propagation range for mask/clicks: **{config['range']}** (box always propagates over the object's "
-        "z-range; slice2d does not propagate)",
+        f"- this project's `mask`/`clicks` propagate over **{config['range']}**, its `box` over the object's z-range; "
+        "the papers' protocols use their own ranges (the video for shen2024-*, the whole volume for medsam2-box)",
         f"- z-crop before evaluation: "
         + (f"object z-range ± {config['z_margin']} slices" if config.get("z_margin") is not None else "none")
         + (f", at most {config['max_slices']} slices" if config.get("max_slices") else ""),
-        f"- NSD tolerance {config['nsd_tolerance']} mm; salient slices: > 256 ground-truth pixels; "
-        "scopes: volume (all evaluated slices), zrange (object's first..last slice), salient",
+        f"- NSD tolerance {config['nsd_tolerance']} mm (MONAI and surfel NSD; the Shen et al. paper NSD uses "
+        "MONAI at 1 voxel, as its reference code). Each protocol is scored over its own slices: the video "
+        "(shen2024-*), the volume (medsam2-box, mask/clicks), the slices holding the object (gutierrez2023-lung)",
         "", "Settings:", "", "| setting | options |", "|---|---|",
     ]
     lines += [f"| {s['name']} | {', '.join(f'{k}={v}' for k, v in s['conf'].items())} |" for s in config["settings"]]
-    lines += ["", "## Summary (mean ± sd over cases)", "",
-              "| setting | label | protocol | cases | Dice | IoU | NSD | Dice zrange | Dice salient | NSD salient "
-              "| s/case | s/slice |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Hardware (timings are only comparable on the same)", "",
+              "| setting | device | CPU | torch threads | GPU |", "|---|---|---|---|---|"]
+    seen = set()
+    for rec in records:
+        hw = rec.get("hardware", {})
+        row = (rec["setting"], rec.get("device", ""), hw.get("cpu", ""), hw.get("torch_threads", ""), hw.get("gpu") or "–")
+        if row not in seen:
+            seen.add(row)
+            lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "## Summary (mean ± sd over the cases that ran)", "",
+              "*paper*: the numbers the protocol's reference code prints (see the last column); the other columns "
+              "give every convention for every protocol. Dice pooled = one 3D Dice over the scored slices; "
+              "slice mean = mean 2D Dice over the scored slices holding the object; NSD MONAI counts boundary "
+              "voxels, NSD surfel weighs surface elements by area (DeepMind surface-distance), both at "
+              f"{config['nsd_tolerance']} mm. *w/o prompt slice*: Dice without the slice whose ground truth was "
+              "the prompt (it scores 1.0 by construction). Encoding (all slices, once per case) is timed apart "
+              "from the protocols, which only prompt and propagate.", "",
+              "| setting | label | protocol | ok | skipped | failed | paper Dice | paper NSD | Dice pooled | Dice slice mean "
+              "| NSD MONAI | NSD surfel | Dice pooled w/o prompt slice | s/protocol | s/slice | paper metric |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for row in table:
         if row.get("protocol"):
             groups.setdefault((row["setting"], row["label"], row["protocol"]), []).append(row)
     for (s, lab, p), rs in groups.items():
-        col = lambda k: [r[k] for r in rs]  # noqa: E731
+        ok = [r for r in rs if r["status"] == "ok"]
+        col = lambda k: [r[k] for r in ok]  # noqa: E731
+        n = lambda st: sum(r["status"] == st for r in rs)  # noqa: E731
+        secs = [float(v) for v in col("protocol_seconds") if v != ""]
+        per = [float(v) for v in col("seconds_per_slice") if v != ""]
         lines.append(
-            f"| {s} | {lab} | {p} | {len(rs)} | {_mean_sd(col('volume_dice'))} | {_mean_sd(col('volume_iou'))} "
-            f"| {_mean_sd(col('volume_nsd'))} | {_mean_sd(col('zrange_dice'))} | {_mean_sd(col('salient_dice'))} "
-            f"| {_mean_sd(col('salient_nsd'))} | {np.mean(col('seconds')):.1f} | {np.mean(col('seconds_per_slice')):.3f} |"
+            f"| {s} | {lab} | {p} | {len(ok)} | {n('skipped')} | {n('failed')} | {_mean_sd(col('paper_dice'))} "
+            f"| {_mean_sd(col('paper_nsd'))} | {_mean_sd(col('dice_pooled'))} | {_mean_sd(col('dice_slice_mean'))} "
+            f"| {_mean_sd(col('nsd_monai'))} | {_mean_sd(col('nsd_surfel'))} | {_mean_sd(col('dice_pooled_no_prompt_slice'))} "
+            f"| {np.mean(secs) if secs else float('nan'):.2f} | {np.mean(per) if per else float('nan'):.3f} "
+            f"| {ok[0]['paper_metric'] if ok else ''} |"
         )
+    enc = [(r["case"], r["encode_frames"], r["encode_seconds"]) for r in table if r.get("encode_seconds") != ""]
+    if enc:
+        frames = sum(int(e[1]) for e in dict.fromkeys(enc))
+        secs = sum(float(e[2]) for e in dict.fromkeys(enc))
+        lines += ["", f"Image encoding: {frames} slices in {secs:.1f} s ({secs / max(1, frames):.3f} s/slice), "
+                  "counted once per case, before and apart from the protocols."]
+    bad = [r for r in table if r["status"] in ("failed", "skipped")]
+    if bad:
+        lines += ["", "## Skipped and failed", "", "Skipped: the paper's reference code would not score it. "
+                  "Failed: an error; the rest of the run went on.", "",
+                  "| setting | case | label | protocol | status | reason |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['case']} | {r['label']} | {r['protocol'] or '–'} | {r['status']} "
+                  f"| {str(r['reason']).replace('|', '/')} |" for r in bad]
     lines += ["", "Per-case values: `results.csv`; prompts, per-slice Dice and everything else: `results.json`.", ""]
     lines += _per_case(figdir, records, table)
     lines += _along_z(figdir, records)
+    lines += _prompts(figdir, store, records)
     lines += _worst(figdir, store, records)
     path = os.path.join(store.out, "report.md")
     with open(path, "w") as f:
@@ -89,29 +127,35 @@ def _per_case(figdir, records, table) -> list[str]:
         for row in table:
             if row["label"] == label and row.get("protocol"):
                 name = _series_name(row["setting"], row["protocol"], multi)
-                series.setdefault(name, [None] * len(cases))[cases.index(row["case"])] = row["volume_dice"] or None
+                value = row["paper_dice"] if row["paper_dice"] != "" else row["dice_pooled"]
+                series.setdefault(name, [None] * len(cases))[cases.index(row["case"])] = None if value == "" else value
         png = figures.per_case_bars(os.path.join(figdir, f"per_case_{_safe(label)}.png"), cases, series,
-                                    f"label {label}: Dice per case")
+                                    f"label {label}: paper Dice (else pooled Dice) per case; no bar: not run")
         lines += [f"![per-case Dice, label {label}](figures/{os.path.basename(png)})", ""]
-    lines += ["| setting | case | label | protocol | Dice | IoU | NSD | Dice salient | s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| setting | case | label | protocol | status | prompt slice | scored slices | paper Dice | paper NSD "
+              "| Dice pooled | Dice slice mean | NSD MONAI | NSD surfel | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table:
-        if row.get("protocol"):
-            lines.append(f"| {row['setting']} | {row['case']} | {row['label']} | {row['protocol']} | {_fmt(row['volume_dice'])} "
-                         f"| {_fmt(row['volume_iou'])} | {_fmt(row['volume_nsd'])} | {_fmt(row['salient_dice'])} | {row['seconds']:.1f} |")
+        if row["status"] == "ok":
+            lines.append(f"| {row['setting']} | {row['case']} | {row['label']} | {row['protocol']} | ok | {row['prompt_slice']} "
+                         f"| {row['scored_from']}–{row['scored_to']} | {_fmt(row['paper_dice'])} | {_fmt(row['paper_nsd'])} "
+                         f"| {_fmt(row['dice_pooled'])} | {_fmt(row['dice_slice_mean'])} | {_fmt(row['nsd_monai'])} "
+                         f"| {_fmt(row['nsd_surfel'])} | {row['protocol_seconds']:.1f} |")
         else:
-            lines.append(f"| {row['setting']} | {row['case']} | {row['label']} | – | {row['note']} | | | | |")
+            lines.append(f"| {row['setting']} | {row['case']} | {row['label']} | {row['protocol'] or '–'} | {row['status']} "
+                         f"| | | | | | | | | |")
     return lines + [""]
 
 
 def _along_z(figdir, records) -> list[str]:
-    lines = ["## Dice per slice along z", "", "Grey: ground-truth area per slice; dotted: the prompted slice.", ""]
+    lines = ["## Dice per slice along z", "", "Grey: ground-truth area per slice; dotted: the prompted slice; a line "
+             "is drawn only over the slices the protocol segmented (none elsewhere).", ""]
     multi = len({r["setting"] for r in records}) > 1
-    labels = dict.fromkeys(r["label"] for rec in records for r in rec["results"] if not r.get("absent"))
+    labels = dict.fromkeys(r["label"] for rec in records for r in rec["results"] if r.get("status", "ok") == "ok")
     for label in labels:
         panels: dict[str, tuple] = {}
         for rec in records:
             for r in rec["results"]:
-                if r.get("absent") or r["label"] != label:
+                if r.get("status", "ok") != "ok" or r["label"] != label:
                     continue
                 _, series, area, anchors, k0 = panels.setdefault(
                     rec["case"], (rec["case"], {}, r["gt_area"], set(), rec["crop"][0]))
@@ -120,6 +164,8 @@ def _along_z(figdir, records) -> list[str]:
                     anchors.add(r["anchor"] + k0)
         png = figures.dice_along_z(os.path.join(figdir, f"dice_along_z_{_safe(label)}.png"),
                                    [(c, s, a, sorted(k), k0) for c, s, a, k, k0 in panels.values()])
+        if png is None:
+            continue
         lines += [f"![Dice along z, label {label}](figures/{os.path.basename(png)})", ""]
     return lines
 
@@ -130,21 +176,56 @@ def _worst(figdir, store, records, per_figure: int = 4) -> list[str]:
     for rec in records:
         arrays = None
         for r in rec["results"]:
-            if r.get("absent"):
+            if r.get("status", "ok") != "ok":
                 continue
             for n, k in enumerate(r["worst_slices"]):
+                if r["per_slice_dice"][k] is None:  # never segmented: no score to show
+                    continue
                 by_key.setdefault((rec["setting"], r["label"], r["protocol"]), []).append(
-                    (r["per_slice_dice"][k], rec["setting"], rec["case"], k + rec["crop"][0], f"{r['label']}__{r['protocol']}__worst{n}"))
+                    (r["per_slice_dice"][k], rec["setting"], rec["case"], k + rec["crop"][0],
+                     f"{r['label']}__{r['protocol']}__worst{n}", _steps_on(r["steps"], k)))
     for (setting, label, protocol), items in by_key.items():
         items = sorted(items, key=lambda t: (t[0], t[2], t[3]))[:per_figure]
         panels = []
-        for dice, s, case, k, key in items:
+        for dice, s, case, k, key, steps in items:
             arrays = store.arrays(s, case)
             if key in arrays:
-                panels.append((f"{case}\nk={k}  Dice {dice:.2f}", arrays[key]))
+                panels.append((f"{case}\nk={k}  Dice {dice:.2f}", arrays[key], steps))
         if not panels:
             continue
         png = figures.worst_overlays(os.path.join(figdir, f"worst_{_safe(setting)}_{_safe(label)}_{_safe(protocol)}.png"),
                                      panels, f"{setting} / {label} / {protocol}")
         lines += [f"### {setting} / {label} / {protocol}", "", f"![worst slices](figures/{os.path.basename(png)})", ""]
+    return lines
+
+
+def _steps_on(steps: list[dict], k: int) -> list[dict]:
+    """The prompts given on slice k (the last state of each kind: clicks accumulate)."""
+    on = [s for s in steps if s["k"] == k]
+    return on[-1:] if on else []
+
+
+def _prompts(figdir, store, records, per_figure: int = 4) -> list[str]:
+    """The prompted slice of each 3D protocol run, with its prompt drawn."""
+    lines = ["## Prompts", "", "The prompted slice of each run (first cases): points (green +, red − ), box (blue), "
+             "ground-truth mask prompt (cyan); green contour: ground truth, red: prediction.", ""]
+    by_key: dict[tuple, list] = {}
+    for rec in records:
+        for r in rec["results"]:
+            if r.get("status", "ok") != "ok" or r["anchor"] is None:
+                continue
+            by_key.setdefault((rec["setting"], r["label"], r["protocol"]), []).append((rec, r))
+    for (setting, label, protocol), items in by_key.items():
+        panels = []
+        for rec, r in items[:per_figure]:
+            key = f"{r['label']}__{r['protocol']}__anchor"
+            arrays = store.arrays(setting, rec["case"])
+            if key in arrays:
+                k = r["anchor"] + rec["crop"][0]
+                panels.append((f"{rec['case']}\nprompt on k={k}", arrays[key], _steps_on(r["steps"], r["anchor"])))
+        if panels:
+            png = figures.worst_overlays(
+                os.path.join(figdir, f"prompt_{_safe(setting)}_{_safe(label)}_{_safe(protocol)}.png"),
+                panels, f"{setting} / {label} / {protocol}: prompted slice")
+            lines += [f"![prompts {protocol}](figures/{os.path.basename(png)})", ""]
     return lines
