@@ -370,3 +370,75 @@ def teardown_module(module):
         with open(os.path.join(out, "session-oracle-dice.json"), "w") as f:
             json.dump({"summary": summary, "values": INCREMENTAL_DICES}, f, indent=1)
         print("\nincremental vs oracle, mean slice Dice per label:", summary)
+
+
+# -- through the infer task (what the server runs), threads and clients ----------------------------------
+@pytest.fixture(scope="module")
+def point_task(engine):
+    from lib.infers.sam2_infer import Sam2InferTask
+
+    return Sam2InferTask(engine, "point", ["object"])
+
+
+def _request(path, **kw):
+    return {"image": path, "start_slice": LO, "end_slice": HI, "auto_stop": 0, "result_extension": ".nii.gz",
+            "preset": "mr", **kw}
+
+
+def test_clients_without_client_id_never_see_each_others_prompts(point_task, volume_path):
+    """OHIF sends no client_id: several such clients on one image, from threads at once."""
+    import threading
+
+    answers, errors = [], []
+
+    def client(n):
+        k = LO + 2 * n
+        for extra in range(3):
+            fg = [[30, 27, k]] + [[25 + extra, 20, k + 1]] * (extra > 0)
+            try:
+                out_file, result = point_task(_request(volume_path, foreground=fg))
+                os.unlink(out_file)
+                answers.append((sorted({p[2] for p in fg}), result["prompted_slices"]))
+            except Exception as e:  # noqa: BLE001 - any exception is the failure being tested
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(answers) == 12
+    for sent, answered in answers:
+        assert answered == sent
+
+
+def test_clicks_in_one_sagittal_plane_without_axis_get_a_400_naming_the_axis(point_task, volume_path):
+    from fastapi import HTTPException
+
+    with pytest.raises(HTTPException) as e:
+        point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27]], client_id="axis-hint"))
+    assert e.value.status_code == 400 and '"axis": "i"' in e.value.detail
+    out_file, result = point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27]], axis="i",
+                                           client_id="axis-hint", start_slice=-1, end_slice=-1))
+    os.unlink(out_file)
+    assert result["axis"] == "i" and result["prompted_slices"] == [30]
+
+
+def test_labels_all_and_undo_through_the_task(point_task, volume_path):
+    import SimpleITK as sitk
+
+    base = _request(volume_path, client_id="labels-undo")
+    f1, r1 = point_task(dict(base, label="cord", foreground=[[30, 27, 25]]))
+    f2, r2 = point_task(dict(base, label="csf", foreground=[[20, 20, 24]], labels="all"))
+    assert r2["label_names"] == {"cord": 1, "csf": 2} and r2["session_labels"] == ["cord", "csf"]
+    both = sitk.GetArrayFromImage(sitk.ReadImage(f2))
+    cord = sitk.GetArrayFromImage(sitk.ReadImage(f1))
+    np.testing.assert_array_equal(both == 1, (cord > 0) & (both != 2))
+    f3, r3 = point_task(dict(base, label="cord", foreground=[[30, 27, 25], [10, 10, 28]]))
+    assert r3["prompted_slices"] == [25, 28] and r3["undo_available"] == 2
+    f4, r4 = point_task(dict(base, label="cord", undo=True))
+    assert r4["prompted_slices"] == [25] and r4["redo_available"] == 1
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(f4)), cord)
+    for f in (f1, f2, f3, f4):
+        os.unlink(f)
