@@ -442,3 +442,24 @@ def test_labels_all_and_undo_through_the_task(point_task, volume_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(f4)), cord)
     for f in (f1, f2, f3, f4):
         os.unlink(f)
+
+
+def test_sessions_are_bounded_by_the_bytes_they_hold(engine, volume_path):
+    s = new_session(engine, volume_path)
+    s.update_prompts(points={25: [click(s, 0.5, 0.5)]})
+    s.propagate(LO, HI)
+    held = s.nbytes()
+    # SAM 2's per-slice outputs (memory features, masks) are counted, not only our result array
+    assert held > s.track().last.mask.nbytes + (HI - LO + 1) * 1024, held
+    print(f"\na session holds {held / (HI - LO + 1) / 2**10:.0f} KiB per propagated slice at {engine.image_size} px")
+    old = engine.max_session_bytes
+    engine.max_session_bytes = held + 1  # room for one such session only
+    try:
+        t = new_session(engine, volume_path)
+        t.update_prompts(points={24: [click(t, 0.4, 0.5)]})
+        t.propagate(LO, HI)
+        assert engine.trim(keep=t) >= 1
+        assert t in engine._sessions.values() and s not in engine._sessions.values()
+        assert engine.stats()["session_bytes"] <= held + 1
+    finally:
+        engine.max_session_bytes = old
