@@ -25,15 +25,33 @@ from lib.configs.sam2_3d import Sam2Config
 from lib.datastore.dicomweb import Sam2DICOMWebDatastore
 from lib.datastore.history import DEFAULT_HISTORY, Sam2LocalDatastore
 from lib.datastore.names import check_name
-from lib.engine.errors import ImageNotFound
+from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
+from lib.engine.errors import ImageNotFound, UnknownOption
 
 logger = logging.getLogger(__name__)
+
+
+def _exit_at_start_up(message: str) -> None:
+    """One clear message and exit, when serving; an exception when the app is used in-process.
+
+    Starlette hands a start-up exception to uvicorn as a full traceback, which buries the one line
+    that says which file is missing and how to get it.
+    """
+    if sys.modules.get("monailabel.app") is None:
+        raise SystemExit(message)
+    logging.shutdown()
+    sys.stdout.flush()
+    print(f"\nsam2-3d cannot start: {message}\n", file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 class Sam2App(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict):
         self.model_config = Sam2Config()
-        self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
+        try:
+            self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
+        except (CheckpointMissing, CheckpointCorrupt, UnknownOption) as e:
+            _exit_at_start_up(str(e))
         super().__init__(
             app_dir=app_dir,
             studies=studies,
