@@ -8,8 +8,10 @@ nibabel, which does notice; NRRD/MetaImage truncation is an error in SimpleITK i
 
 from __future__ import annotations
 
+import gzip
 import os
 import warnings
+import zlib
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,6 +57,13 @@ def _image_grid(image_path: str):
 
 def _read_all(path: str) -> np.ndarray:
     """Every voxel, or ``InvalidLabel`` if the file ends early."""
+    if path.lower().endswith(".gz"):
+        try:  # the whole stream must decompress: SimpleITK reads a cut-off .nii.gz as zeros
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except (EOFError, OSError, zlib.error) as e:
+            raise InvalidLabel(f"the label file is truncated or corrupt: {e}") from e
     if path.lower().endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
@@ -62,7 +71,7 @@ def _read_all(path: str) -> np.ndarray:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return np.asanyarray(nib.load(path).dataobj)
-        except (EOFError, OSError, ValueError) as e:
+        except Exception as e:  # nibabel: EOFError, OSError, ImageFileError ... for a damaged file
             raise InvalidLabel(f"the label file is truncated or corrupt: {e}") from e
     try:
         return sitk.GetArrayFromImage(sitk.ReadImage(path))
