@@ -9,6 +9,7 @@ and allow any origin *with credentials* by default. Without forking monailabel:
   own endpoint function in a worker thread, and remove the uploads' temporary copies if it fails;
 * exception handlers: the app's ``EngineInputError`` (4xx with its message) and monailabel's
   ``ImageNotFoundException`` / ``LabelNotFoundException`` (404) instead of 500;
+* auth: monailabel's token check, fixed for PyJWT 2 (``auth.py``);
 * CORS: origins from ``MONAI_LABEL_CORS_ORIGINS`` (monailabel's own setting) are honoured with
   credentials; without it any origin may call, but never with credentials (cookies or HTTP auth).
 """
@@ -180,6 +181,9 @@ def install(web_app) -> None:
         return
     for path, endpoint, methods in reversed(ROUTES):
         routes.insert(0, APIRoute(prefix + path, endpoint, methods=methods, include_in_schema=False))
+    from . import auth
+
+    auth.install()
     web_app.exception_handlers[EngineInputError] = _engine_input_error
     web_app.exception_handlers[ImageNotFoundException] = _not_found
     web_app.exception_handlers[LabelNotFoundException] = _not_found
