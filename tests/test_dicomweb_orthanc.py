@@ -107,7 +107,7 @@ def test_wado_proxy_forwards_accept_so_the_pacs_need_not_transcode(pacs_server):
 
 @pytest.mark.parametrize(
     "image, status, words",
-    [("1.2.3.4.5.6.7", 404, ["1.2.3.4.5.6.7", "PACS"]), ("../../etc/passwd", 400, ["SeriesInstanceUID"])],
+    [("1.2.3.4.5.6.7", 404, ["1.2.3.4.5.6.7", "PACS"]), ("../../etc/passwd", 400, ["../../etc/passwd", "not paths"]), ("1.2.x", 400, ["SeriesInstanceUID"])],
 )
 def test_unknown_or_malformed_series_is_4xx(pacs_server, image, status, words):
     params = {"foreground": [[1, 1, 1]], "background": []}

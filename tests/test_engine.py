@@ -71,6 +71,9 @@ def test_missing_and_unknown_checkpoints_are_named(tmp_path, monkeypatch):
         resolve_checkpoint("sam3_huge")
     with pytest.raises(CheckpointMissing, match="not found"):
         resolve_checkpoint(str(tmp_path / "sam2.1_hiera_tiny.pt"))
+    with pytest.raises(CheckpointMissing, match="not found"):
+        resolve_checkpoint("/nonexistent/mystery.pt")  # "not found" first, not "cannot tell the config"
+    (tmp_path / "mystery.pt").write_bytes(b"x")
     with pytest.raises(UnknownOption, match="cannot tell the SAM 2 config"):
         resolve_checkpoint(str(tmp_path / "mystery.pt"))
     resolved = resolve_checkpoint("sam2.1_hiera_large", random_weights=True)

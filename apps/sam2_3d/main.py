@@ -11,6 +11,7 @@ in a DICOMweb PACS (e.g. Orthanc) as DICOM SEG written by highdicom.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from fastapi import HTTPException
@@ -22,15 +23,35 @@ from monailabel.interfaces.app import MONAILabelApp
 from lib.activelearning import record_confidence, strategies
 from lib.configs.sam2_3d import Sam2Config
 from lib.datastore.dicomweb import Sam2DICOMWebDatastore
-from lib.datastore.history import Sam2LocalDatastore
+from lib.datastore.history import DEFAULT_HISTORY, Sam2LocalDatastore
+from lib.datastore.names import check_name
+from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
+from lib.engine.errors import ImageNotFound, UnknownOption
 
 logger = logging.getLogger(__name__)
+
+
+def _exit_at_start_up(message: str) -> None:
+    """One clear message and exit, when serving; an exception when the app is used in-process.
+
+    Starlette hands a start-up exception to uvicorn as a full traceback, which buries the one line
+    that says which file is missing and how to get it.
+    """
+    if sys.modules.get("monailabel.app") is None:
+        raise SystemExit(message)
+    logging.shutdown()
+    sys.stdout.flush()
+    print(f"\nsam2-3d cannot start: {message}\n", file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 class Sam2App(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict):
         self.model_config = Sam2Config()
-        self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
+        try:
+            self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
+        except (CheckpointMissing, CheckpointCorrupt, UnknownOption) as e:
+            _exit_at_start_up(str(e))
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -56,7 +77,18 @@ class Sam2App(MONAILabelApp):
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            history=int(self.conf.get("label_history", DEFAULT_HISTORY)),
         )
+
+    def _load_sessions(self, load=False):
+        sessions = super()._load_sessions(load)
+        if sessions is None:
+            return None
+        # monailabel joins the session id into a path (and DELETE removes that folder): plain names only
+        get_session, remove_session = sessions.get_session, sessions.remove_session
+        sessions.get_session = lambda session_id, *a, **kw: get_session(check_name(session_id, "session_id"), *a, **kw)
+        sessions.remove_session = lambda session_id: remove_session(check_name(session_id, "session_id"))
+        return sessions
 
     def _download_dcmqi_tools(self):
         # monailabel downloads dcmqi from GitHub at start-up for its SEG conversion; offline that kills the
@@ -94,6 +126,10 @@ class Sam2App(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         web = sys.modules.get("monailabel.app")  # the running web app; absent when the app is used in-process
+        if web is not None:
+            from lib.web import guard
+
+            guard.install(web.app)
         if web is not None and self.studies.startswith(("http://", "https://")) and "googleapis.com" not in self.studies:
             from lib.datastore import wado_proxy
 
@@ -103,7 +139,20 @@ class Sam2App(MONAILabelApp):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so
         # tasks can name it in errors and find the image's saved labels.
         request = dict(request)
-        request.setdefault("image_id", request.get("image"))
+        image = request.get("image")
+        request.setdefault("image_id", image)
+        # A relative name is a datastore id, never a file next to the server (monailabel would read any
+        # path that exists); uploads and sessions arrive as absolute paths of their temporary copies.
+        if isinstance(image, str) and not os.path.isabs(image):
+            check_name(image, "image id")
+            store = datastore or self.datastore()
+            if self.studies.startswith(("http://", "https://")):
+                pass  # the DICOMweb datastore answers 404/400 for an unknown or malformed UID itself
+            elif image not in store.list_images():
+                raise ImageNotFound(
+                    f"unknown image {image!r}: it is not in the datastore, and no live session holds it "
+                    f"(a session_id may have expired)"
+                )
         result = super().infer(request, datastore)
         params = result.get("params") or {}
         scores = params.get("slice_scores")

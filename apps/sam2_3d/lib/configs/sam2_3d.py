@@ -3,6 +3,7 @@
 Options (``monailabel start_server ... --conf KEY VALUE``):
 
 * ``checkpoint``: a registry name (``sam2.1_hiera_tiny`` ... ``sam2_hiera_large``) or a ``.pt`` path;
+  a registry file's size is checked at start-up; ``verify`` (``true``) checks its SHA-256 too (~1 s per 150 MB);
 * ``config``: the SAM 2 hydra config, when a ``.pt`` path's name does not tell it;
 * ``random_weights``: ``true`` builds the config with random weights (tests/benchmarks only; loud),
   drawn from ``seed`` (default 0) so every process builds the same network;
@@ -11,7 +12,8 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
 * ``labels``: comma-separated label names shown in the clients (default ``object``);
 * ``max_sessions``, ``max_session_gb`` (4; what SAM 2's per-slice state of all sessions may hold),
   ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds;
-* ``offload_state_above`` (256): on a GPU, longer volumes keep SAM 2's per-slice state in CPU memory.
+* ``offload_state_above`` (256): on a GPU, longer volumes keep SAM 2's per-slice state in CPU memory;
+* ``label_history`` (10): replaced ``final`` labels kept per image in ``<studies>/.replaced_labels/``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from monailabel.interfaces.config import TaskConfig
 
-from lib.engine.checkpoints import resolve_checkpoint
+from lib.engine.checkpoints import CheckpointCorrupt, resolve_checkpoint
 from lib.engine.engine import Sam2VolumeEngine
 from lib.engine.model import RANDOM_WEIGHTS_WARNING, build_predictor
 from lib.infers.sam2_infer import Sam2InferTask
@@ -39,7 +41,8 @@ def _flag(value) -> bool:
 def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
     """Build the engine from string options; shared by the app, the evaluation and the benchmark."""
     random_weights = _flag(conf.get("random_weights", "false"))
-    ckpt = resolve_checkpoint(conf.get("checkpoint"), random_weights=random_weights, config=conf.get("config"))
+    ckpt = resolve_checkpoint(conf.get("checkpoint"), random_weights=random_weights, config=conf.get("config"),
+                              verify=_flag(conf.get("verify", "false")))
     device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = conf.get("dtype") or ("bfloat16" if device.startswith("cuda") else None)
     image_size = int(conf["image_size"]) if conf.get("image_size") else None
@@ -47,7 +50,15 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         # Random weights are drawn from a fixed seed so that tests, benchmarks and distributed
         # evaluation workers all build the same untrained network.
         torch.manual_seed(int(conf.get("seed", 0)))
-    predictor = build_predictor(ckpt, device=device, image_size=image_size)
+    try:
+        predictor = build_predictor(ckpt, device=device, image_size=image_size)
+    except Exception as e:  # torch.load of a damaged file raises almost anything (IndexError, UnpicklingError ...)
+        if not ckpt.path:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointCorrupt(
+            f"SAM 2 checkpoint {ckpt.path} does not load as {ckpt.config}: {type(e).__name__}: {first[:300]}"
+        ) from e
     name = ckpt.name + (" (RANDOM WEIGHTS)" if random_weights else "")
     logger.info(f"SAM 2 engine: {name}, config {ckpt.config}, image size {predictor.image_size}, device {device}")
     if random_weights:

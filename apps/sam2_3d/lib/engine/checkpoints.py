@@ -61,6 +61,10 @@ class CheckpointMissing(FileNotFoundError):
     pass
 
 
+class CheckpointCorrupt(ValueError):
+    """The file is there but is not the checkpoint it should be (size, checksum, or it does not load)."""
+
+
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     spec: CheckpointSpec | None  # None for a user's own .pt file
@@ -86,8 +90,30 @@ def _config_for_file(path: str, config: str | None) -> str:
     )
 
 
-def resolve_checkpoint(name_or_path: str | None, random_weights: bool = False, config: str | None = None):
-    """Turn ``--conf checkpoint`` into a config + file, or explain exactly what is missing."""
+def check_file(spec: CheckpointSpec, path: str, verify: bool = False) -> None:
+    """Size always (a truncated download is the usual corruption), SHA-256 too with ``verify``."""
+    size = os.path.getsize(path)
+    if size != spec.size:
+        raise CheckpointCorrupt(
+            f"SAM 2 checkpoint {path} is {size:,} bytes, but {spec.name} is {spec.size:,} bytes (an interrupted "
+            f"or wrong download?). Download it again with:\n    {DOWNLOAD_COMMAND} {spec.name}"
+        )
+    if verify:
+        digest = sha256_of(path)
+        if digest != spec.sha256:
+            raise CheckpointCorrupt(
+                f"SAM 2 checkpoint {path}: SHA-256 {digest} is not {spec.name}'s {spec.sha256}. "
+                f"Download it again with:\n    {DOWNLOAD_COMMAND} {spec.name}"
+            )
+
+
+def resolve_checkpoint(
+    name_or_path: str | None, random_weights: bool = False, config: str | None = None, verify: bool = False
+):
+    """Turn ``--conf checkpoint`` into a config + file, or explain exactly what is missing or wrong.
+
+    A registry file's size is checked every time; its full SHA-256 with ``verify`` (``--conf verify true``).
+    """
     name_or_path = name_or_path or DEFAULT_CHECKPOINT
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
@@ -99,13 +125,14 @@ def resolve_checkpoint(name_or_path: str | None, random_weights: bool = False, c
                 f"    {DOWNLOAD_COMMAND} {spec.name}\n"
                 f"(or run with --conf random_weights true for an UNTRAINED model, for tests only)"
             )
+        check_file(spec, spec.path, verify)
         return ResolvedCheckpoint(spec, config or spec.config, spec.path, False)
     if name_or_path.endswith(".pt"):
+        if not random_weights and not os.path.isfile(name_or_path):
+            raise CheckpointMissing(f"SAM 2 checkpoint file not found: {name_or_path}")
         cfg = _config_for_file(name_or_path, config)
         if random_weights:
             return ResolvedCheckpoint(None, cfg, None, True)
-        if not os.path.isfile(name_or_path):
-            raise CheckpointMissing(f"SAM 2 checkpoint file not found: {name_or_path}")
         return ResolvedCheckpoint(None, cfg, os.path.abspath(name_or_path), False)
     raise UnknownOption(
         f"unknown checkpoint {name_or_path!r}; known names: {', '.join(REGISTRY)} (or a path to a .pt file)"

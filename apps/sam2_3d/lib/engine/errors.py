@@ -35,3 +35,17 @@ class WrongDimensions(EngineInputError):
 
 class UnknownOption(EngineInputError):
     """An unknown preset, checkpoint or other named option (HTTP 400)."""
+
+
+class BadRequestValue(EngineInputError):
+    """A request field has the wrong type, is not finite, or is out of its allowed range (HTTP 400)."""
+
+
+class UnsafeName(EngineInputError):
+    """An image id, label tag or session id that is not a plain name: it could name a server path (HTTP 400)."""
+
+
+class InvalidLabel(EngineInputError):
+    """An uploaded label that is not a usable label of its image: wrong grid, not integer, truncated (HTTP 422)."""
+
+    status_code = 422

@@ -208,9 +208,24 @@ def suggested_axis(points_ijk: Sequence[Sequence[int]]) -> str | None:
     return None
 
 
+class _ImageView(np.ndarray):
+    """A numpy view of a SimpleITK image's buffer that keeps the image alive.
+
+    ``sitk.GetArrayViewFromImage`` does not: once the image is freed the view reads freed memory
+    (garbage values or a segfault). Slices of this view keep it, hence the image, alive too.
+    """
+
+    _image: sitk.Image | None = None
+
+
 def volume_array(image: sitk.Image) -> np.ndarray:
-    """The voxel array indexed ``[k, j, i]`` (frames first), without copying the image's intensities."""
-    return sitk.GetArrayViewFromImage(image)
+    """The voxel array indexed ``[k, j, i]`` (frames first), read-only, without copying the intensities.
+
+    The array (and every slice of it) holds a reference to ``image``, so it stays valid on its own.
+    """
+    view = sitk.GetArrayViewFromImage(image).view(_ImageView)
+    view._image = image
+    return view
 
 
 def label_image_like(label_kji: np.ndarray, reference: sitk.Image) -> sitk.Image:

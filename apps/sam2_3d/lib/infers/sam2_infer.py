@@ -34,6 +34,7 @@ from ..engine import intensity
 from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
+from .request_checks import check_infer_request
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +90,14 @@ class Sam2InferTask(InferTask):
 
     def __call__(self, request):
         try:
+            check_infer_request(request, self.kind)  # types and ranges first: a 400 naming the field
             return self._run(request)
         except EngineInputError as e:
             logger.warning(f"{self.kind}: bad request: {e}")
             raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+        except Exception:
+            logger.exception(f"{self.kind}: internal error (HTTP 500) on a request that passed the checks")
+            raise
 
     # ------------------------------------------------------------------------------------------
     def _run(self, request):

@@ -1,0 +1,110 @@
+"""Is an uploaded file a label of its image? Checked before anything is stored.
+
+A label is stored only if it is a readable, complete, 3D, single-component, integer-valued volume on
+exactly its image's grid (size, and spacing / origin / direction within ``*_TOL``). SimpleITK reads a
+truncated ``.nii``/``.nii.gz`` as zero-filled without an error, so NIfTI files are read in full by
+nibabel, which does notice; NRRD/MetaImage truncation is an error in SimpleITK itself.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+import zlib
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..engine.errors import InvalidLabel, UnreadableImage
+from ..engine.geometry import read_dicom_series
+
+LABEL_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
+SPACING_RTOL = 1e-3  # relative, per axis
+ORIGIN_TOL = 1e-2  # in units of the smallest spacing (mm-level floats written by other tools differ)
+DIRECTION_TOL = 1e-4
+
+
+def label_extension(path: str) -> str:
+    """The label file's extension if it is one the datastore keeps; else 415 naming the allowed ones."""
+    lower = os.path.basename(path).lower()
+    for ext in LABEL_EXTENSIONS:
+        if lower.endswith(ext):
+            return ext
+    raise UnreadableImage(
+        f"label file {os.path.basename(path)!r} has an extension the datastore does not keep; use one of "
+        f"{', '.join(LABEL_EXTENSIONS)}"
+    )
+
+
+def _info(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise UnreadableImage(f"cannot read the label as an image: {str(e).strip().splitlines()[-1]}") from e
+    return reader
+
+
+def _image_grid(image_path: str):
+    if os.path.isdir(image_path):  # a DICOM series in a DICOMweb cache
+        image = read_dicom_series(image_path)
+        return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+    r = _info(image_path)
+    return r.GetSize(), r.GetSpacing(), r.GetOrigin(), r.GetDirection()
+
+
+def _read_all(path: str) -> np.ndarray:
+    """Every voxel, or ``InvalidLabel`` if the file ends early."""
+    if path.lower().endswith(".gz"):
+        try:  # the whole stream must decompress: SimpleITK reads a cut-off .nii.gz as zeros
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except (EOFError, OSError, zlib.error) as e:
+            raise InvalidLabel(f"the label file is truncated or corrupt: {e}") from e
+    if path.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return np.asanyarray(nib.load(path).dataobj)
+        except Exception as e:  # nibabel: EOFError, OSError, ImageFileError ... for a damaged file
+            raise InvalidLabel(f"the label file is truncated or corrupt: {e}") from e
+    try:
+        return sitk.GetArrayFromImage(sitk.ReadImage(path))
+    except RuntimeError as e:
+        raise InvalidLabel(f"the label file is truncated or corrupt: {str(e).strip().splitlines()[-1]}") from e
+
+
+def check_label_file(label_path: str, image_path: str) -> None:
+    """Raise a 4xx ``EngineInputError`` naming the first problem; return quietly for a good label."""
+    label_extension(label_path)
+    if not os.path.isfile(label_path) or os.path.getsize(label_path) == 0:
+        raise InvalidLabel("the label file is empty (0 bytes)")
+    info = _info(label_path)
+    if info.GetDimension() != 3:
+        raise InvalidLabel(f"the label is {info.GetDimension()}D with size {list(info.GetSize())}; a 3D label is needed")
+    if info.GetNumberOfComponents() != 1:
+        raise InvalidLabel(f"the label has {info.GetNumberOfComponents()} components per voxel; one is needed")
+    size, spacing, origin, direction = _image_grid(image_path)
+    if tuple(info.GetSize()) != tuple(size):
+        raise InvalidLabel(f"label size {list(info.GetSize())} differs from the image size {list(size)}")
+    if not np.allclose(info.GetSpacing(), spacing, rtol=SPACING_RTOL, atol=0):
+        raise InvalidLabel(f"label spacing {_r(info.GetSpacing())} differs from the image spacing {_r(spacing)}")
+    if not np.allclose(info.GetOrigin(), origin, rtol=0, atol=ORIGIN_TOL * min(spacing)):
+        raise InvalidLabel(f"label origin {_r(info.GetOrigin())} differs from the image origin {_r(origin)}")
+    if not np.allclose(info.GetDirection(), direction, rtol=0, atol=DIRECTION_TOL):
+        raise InvalidLabel(f"label direction {_r(info.GetDirection())} differs from the image direction {_r(direction)}")
+    data = _read_all(label_path)
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_)):
+        if not np.issubdtype(data.dtype, np.floating) or not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise InvalidLabel(f"the label holds non-integer values ({data.dtype}); a label is integer class ids")
+    if data.size and data.min() < 0:
+        raise InvalidLabel(f"the label holds negative values (min {data.min()}); class ids are >= 0")
+
+
+def _r(values) -> list:
+    return [round(float(v), 4) for v in values]

@@ -1,0 +1,198 @@
+"""What the app changes in monailabel's running web app (installed from ``Sam2App.on_init_complete``).
+
+monailabel 0.8.5's endpoints answer a bare 500 to much bad input, run inference on the event loop
+(``/info/`` then waits for every propagation), leave the temporary copies of rejected uploads behind,
+and allow any origin *with credentials* by default. Without forking monailabel:
+
+* routes in front of monailabel's own (same paths, same auth dependency) for the endpoints that take a
+  JSON form field or uploads: they check the request (``lib/infers/request_checks.py``), call monailabel's
+  own endpoint function in a worker thread, and remove the uploads' temporary copies if it fails;
+* exception handlers: the app's ``EngineInputError`` (4xx with its message) and monailabel's
+  ``ImageNotFoundException`` / ``LabelNotFoundException`` (404) instead of 500;
+* auth: monailabel's token check, fixed for PyJWT 2 (``auth.py``);
+* CORS: origins from ``MONAI_LABEL_CORS_ORIGINS`` (monailabel's own setting) are honoured with
+  credentials; without it any origin may call, but never with credentials (cookies or HTTP auth).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import List, Optional
+
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+
+from monailabel.config import settings
+from monailabel.endpoints import datastore as ml_datastore
+from monailabel.endpoints import infer as ml_infer
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
+from monailabel.interfaces.utils.app import app_instance
+
+from ..datastore.label_checks import label_extension
+from ..datastore.names import check_name
+from ..engine.errors import EngineInputError, ImageNotFound
+from ..infers.request_checks import check_http_infer, parse_params
+
+logger = logging.getLogger(__name__)
+
+
+def _http(e: EngineInputError) -> HTTPException:
+    return HTTPException(status_code=e.status_code, detail=str(e))
+
+
+async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args):
+    """Run a monailabel endpoint function off the event loop; on failure remove its temp files.
+
+    monailabel queues the removal of its temporary copies of the uploads as background tasks, which
+    Starlette runs only after a successful answer: a rejected upload would stay in the temp folder.
+    """
+    try:
+        return await run_in_threadpool(func, background_tasks, *args)
+    except BaseException:
+        for task in background_tasks.tasks:
+            try:
+                task.func(*task.args, **task.kwargs)
+            except Exception as e:  # cleaning up must not hide the request's own error
+                logger.warning(f"could not remove a temporary upload: {e}")
+        background_tasks.tasks.clear()
+        raise
+
+
+# -- routes -----------------------------------------------------------------------------------------
+async def infer(
+    background_tasks: BackgroundTasks,
+    model: str,
+    image: str = "",
+    session_id: str = "",
+    params: str = Form("{}"),
+    file: UploadFile = File(None),
+    label: UploadFile = File(None),
+    output: Optional[ml_infer.ResultType] = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    app = app_instance()
+    try:
+        p = parse_params(params)
+        check_http_infer(app, model, image, session_id, p, output,
+                         (file.filename or "image.nii.gz") if file else None,
+                         (label.filename or "label.nii.gz") if label else None)
+        if session_id and app.sessions() is not None and not app.sessions().get_session(session_id):
+            raise ImageNotFound(f"session {session_id!r} is unknown or has expired: upload the image again (PUT /session/)")
+    except EngineInputError as e:
+        raise _http(e) from e
+    return await _in_thread_cleaning_up(
+        background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output
+    )
+
+
+async def save_label(
+    background_tasks: BackgroundTasks,
+    image: str,
+    params: str = Form("{}"),
+    tag: str = DefaultLabelTag.FINAL.value,
+    label: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    try:
+        check_name(image, "image id")
+        check_name(tag or DefaultLabelTag.FINAL.value, "label tag")
+        p = parse_params(params)
+        label_extension(label.filename or "label.nii.gz")
+    except EngineInputError as e:
+        raise _http(e) from e
+    return await _in_thread_cleaning_up(
+        background_tasks, ml_datastore.save_label, image, json.dumps(p), tag, label, user.username
+    )
+
+
+async def add_image(
+    background_tasks: BackgroundTasks,
+    image: Optional[str] = None,
+    params: str = Form("{}"),
+    file: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    try:
+        if image:
+            check_name(image, "image id")
+        p = parse_params(params)
+    except EngineInputError as e:
+        raise _http(e) from e
+    return await _in_thread_cleaning_up(background_tasks, ml_datastore.add_image, image, json.dumps(p), file, user.username)
+
+
+def _info_route(func, field: str, *names: str):
+    """PUT image/label info: monailabel answers 500 to a malformed or non-object ``info``."""
+
+    async def route(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
+        form = await request.form()
+        query = request.query_params
+        try:
+            values = [check_name(query.get(n, ""), n) for n in names]
+            info = parse_params(form.get(field) or query.get(field) or "{}", field)
+        except EngineInputError as e:
+            raise _http(e) from e
+        return await run_in_threadpool(func, *values, json.dumps(info), user.username)
+
+    return route
+
+
+ROUTES = [
+    ("/infer/{model}", infer, ["POST"]),
+    ("/datastore/label", save_label, ["PUT"]),
+    ("/datastore/image", add_image, ["PUT"]),
+    ("/datastore/", add_image, ["PUT"]),
+    ("/datastore/image/info", _info_route(ml_datastore.update_image_info, "info", "image"), ["PUT"]),
+    ("/datastore/label/info", _info_route(ml_datastore.update_label_info, "info", "label", "tag"), ["PUT"]),
+    ("/datastore/updatelabelinfo", _info_route(ml_datastore.update_label_info, "params", "label", "tag"), ["PUT"]),
+]
+
+
+# -- exception handlers and CORS ------------------------------------------------------------------------
+async def _engine_input_error(request, exc: EngineInputError):
+    return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+
+
+async def _not_found(request, exc):
+    return JSONResponse(status_code=404, content={"detail": getattr(exc, "msg", str(exc))})
+
+
+def cors_middleware(origins: List[str]) -> Middleware:
+    if origins:
+        # pydantic writes configured origins with a trailing '/', which no browser's Origin header has
+        origins = [o.rstrip("/") for o in origins]
+        return Middleware(CORSMiddleware, allow_origins=origins, allow_credentials=True,
+                          allow_methods=["*"], allow_headers=["*"])
+    return Middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False,
+                      allow_methods=["*"], allow_headers=["*"])
+
+
+def install(web_app) -> None:
+    prefix = settings.MONAI_LABEL_API_STR
+    routes = web_app.router.routes
+    if any(getattr(r, "endpoint", None) is infer for r in routes):
+        return
+    for path, endpoint, methods in reversed(ROUTES):
+        routes.insert(0, APIRoute(prefix + path, endpoint, methods=methods, include_in_schema=False))
+    from . import auth
+
+    auth.install()
+    web_app.exception_handlers[EngineInputError] = _engine_input_error
+    web_app.exception_handlers[ImageNotFoundException] = _not_found
+    web_app.exception_handlers[LabelNotFoundException] = _not_found
+    origins = [str(o) for o in settings.MONAI_LABEL_CORS_ORIGINS or []]
+    web_app.user_middleware = [m for m in web_app.user_middleware if m.cls is not CORSMiddleware]
+    web_app.user_middleware.insert(0, cors_middleware(origins))
+    # Starlette builds its middleware stack once, before start-up; rebuild it with the above.
+    web_app.middleware_stack = web_app.build_middleware_stack()
+    logger.info(
+        f"request checks, off-loop inference and temp-file clean-up on {len(ROUTES)} routes; CORS: "
+        + (f"origins {origins} with credentials" if origins else "any origin, without credentials")
+    )
