@@ -186,6 +186,8 @@ class Sam2InferTask(InferTask):
     # -- request parsing -----------------------------------------------------------------------
     def _check_checkpoint(self, request):
         wanted = request.get("checkpoint")
+        if wanted not in (None, "") and not isinstance(wanted, str):
+            raise UnknownOption(f"checkpoint must be a checkpoint name, got {wanted!r}")
         if wanted and wanted != self.engine.checkpoint_name:
             from ..engine.checkpoints import REGISTRY
 
