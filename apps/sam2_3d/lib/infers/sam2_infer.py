@@ -25,6 +25,7 @@ from ..engine import intensity
 from ..engine.engine import Sam2VolumeEngine, SlicePrompt
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import SliceGeometry, label_image_like, read_label_on, write_label
+from ..engine.weights import ensure_weights, weights_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Sam2InferTask(InferTask):
 
     # ------------------------------------------------------------------------------------------
     def _run(self, request):
+        ensure_weights(self.engine)  # the newest fine-tuned version (or the pinned one), without a restart
         image_path = request.get("image")
         if not isinstance(image_path, str) or not image_path or not os.path.exists(image_path):
             raise ImageNotFound(
@@ -245,6 +247,7 @@ class Sam2InferTask(InferTask):
             "model_kind": self.kind,
             "checkpoint": self.engine.checkpoint_name,
             "random_weights": self.engine.random_weights,
+            "weights": weights_in_use(self.engine),
             "preset": session.volume.preset.key,
             "prompted_slices": result.prompted_slices,
             "slice_range": list(result.slice_range),
