@@ -56,7 +56,9 @@ def plot_curve(history: list[dict], metrics: dict, path: str) -> None:
         ax_loss.plot(steps, loss, lw=0.6, alpha=0.5, label="per step")
         ax_loss.plot(steps, _smooth(loss), lw=1.5, label="moving mean (20)")
         ax_dice.plot(steps, _smooth(dice), lw=1.2, label="train frames (moving mean)")
-    val = [(h["step"], h["val_dice"]) for h in history if h.get("val_dice") is not None]
+    before = (metrics.get("validation") or {}).get("dice_before")
+    val = ([(0, before)] if before is not None else []) + [
+        (h["step"], h["val_dice"]) for h in history if h.get("val_dice") is not None]
     if val:
         ax_dice.plot([s for s, _ in val], [d for _, d in val], "o-", color="C3", label="validation, mask protocol")
     ax_loss.set(xlabel="step", ylabel="loss (SAM 2 recipe)", title="training loss")
