@@ -140,6 +140,24 @@ def test_versions_load_live_pin_and_roll_back(engine, tmp_path):
     assert torch.equal(engine.predictor.state_dict()[key], base_value)
 
 
+# -- active learning follows the weights in use -------------------------------------------------------------
+def test_low_confidence_ranks_scores_of_the_weights_in_use_first(tmp_path):
+    from monailabel.datastore.local import LocalDatastore
+
+    from lib.activelearning import LowestSam2Confidence, record_confidence
+
+    for name in ("a", "b", "c"):
+        shutil.copy(shared("spinalcord_t2", "image.nii.gz"), tmp_path / f"{name}.nii.gz")
+    store = LocalDatastore(str(tmp_path), extensions=["*.nii.gz"], auto_reload=False)
+    record_confidence(store, "a", "sam2_point", {"1": 0.1, "2": 0.2})  # least confident, but the base model's
+    record_confidence(store, "b", "sam2_point", {"1": 0.7, "2": 0.8}, weights="finetuned/v0001")
+    in_use = ["base"]
+    strategy = LowestSam2Confidence(weights_in_use=lambda: in_use[0])
+    assert strategy({"client_id": "x", "strategy": "s"}, store)["id"] == "a"
+    in_use[0] = "finetuned/v0001"  # a version is in use: its own scores rank first, stale ones after
+    assert strategy({"client_id": "x", "strategy": "s"}, store)["id"] == "b"
+
+
 # -- through the real server ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def train_server(tmp_path_factory):

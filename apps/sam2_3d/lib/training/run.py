@@ -65,6 +65,7 @@ class Progress(L.Callback):
                       "start_ts": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.t0 = time.time()
         self.first_step = None
+        self.publish(step=0)  # replaces the previous run's (finished) stats at once
 
     def history(self) -> list[dict]:
         if not os.path.exists(self.history_path):
