@@ -209,6 +209,8 @@ def test_train_endpoint_stop_resume_and_serve_the_version(train_server):
 
     bad = requests.post(f"{url}/train/sam2_finetune", json={"epochs": -1, "clip_length": "x"}, timeout=30)
     assert bad.status_code == 422 and "epochs=-1" in bad.text and "clip_length='x'" in bad.text
+    other_size = requests.post(f"{url}/train/sam2_finetune", json={"image_size": 256}, timeout=30)
+    assert other_size.status_code == 422 and "image_size=256" in other_size.text
     assert requests.get(f"{url}/train/?check_if_running=true", timeout=30).status_code == 404
 
     # start, let it save a checkpoint, stop it as DELETE /train/ does (kills the process)

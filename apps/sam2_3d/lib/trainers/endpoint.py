@@ -16,7 +16,9 @@ from monailabel.config import settings
 from monailabel.endpoints.train import run_model
 from monailabel.endpoints.user.auth import RBAC, User
 
-from lib.training.params import TrainParamError, parse
+from monailabel.interfaces.utils.app import app_instance
+
+from lib.training.params import TrainParamError, check_for_server, parse
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ async def train_with_checked_params(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
 ):
     try:
-        parse(params or {})
+        check_for_server(parse(params or {}), app_instance().model_config.engine.image_size)
     except TrainParamError as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
     return run_model(MODEL, params, run_sync, enqueue)

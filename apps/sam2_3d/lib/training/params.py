@@ -134,6 +134,15 @@ def parse(request: dict) -> TrainParams:
     return TrainParams(**values)
 
 
+def check_for_server(params: TrainParams, server_image_size: int) -> None:
+    """What only the running server can tell: the network's input size is fixed when it starts."""
+    if params.image_size and params.image_size != server_image_size:
+        raise TrainParamError(
+            f"image_size={params.image_size}: this server runs SAM 2 at {server_image_size} px; train at its size "
+            f"(image_size 0) or restart it with --conf image_size {params.image_size}"
+        )
+
+
 def config_defaults() -> dict:
     """What ``/info/`` shows under the trainer's config (clients send these back, edited)."""
     return DEFAULTS.to_dict()

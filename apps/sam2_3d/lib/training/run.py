@@ -24,7 +24,7 @@ from lib.engine.weights import base_identity, ensure_weights, manager_of, versio
 
 from . import data as D
 from .module import Sam2Finetune
-from .params import TrainParams
+from .params import TrainParams, check_for_server
 from .versions import write_version
 
 logger = logging.getLogger(__name__)
@@ -117,9 +117,7 @@ def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[di
     t_start = time.time()
     parent = ensure_weights(engine)  # start from the weights the server uses now
     parent_name = weights_in_use(engine)
-    if params.image_size and params.image_size != engine.image_size:
-        raise ValueError(f"image_size={params.image_size}: this server runs SAM 2 at {engine.image_size} px; "
-                         f"train at its size (image_size 0) or restart it with --conf image_size {params.image_size}")
+    check_for_server(params, engine.image_size)
     pairs = D.datastore_pairs(datastore) if pairs is None else pairs
     if params.max_images:
         pairs = pairs[: params.max_images]
@@ -201,7 +199,7 @@ def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[di
         "device": str(engine.device), "precision": "bf16-mixed" if gpu else "32-true",
     }
     config = {
-        "base": base, "sam2_config": getattr(engine, "sam2_config", None), "image_size": engine.image_size,
+        "base": base, "image_size": engine.image_size,
         "parent": parent_name, "trained_parts": params.parts() + (["image_encoder"] if params.train_image_encoder else []),
         "trained_tensors": len(state), "steps": int(trainer.global_step), "validation": validation,
     }
