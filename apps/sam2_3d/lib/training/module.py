@@ -84,8 +84,9 @@ class Sam2Finetune(L.LightningModule):
         terms = [frame_loss(o, gt[t]) for t, o in enumerate(outputs) if not o["is_prompt_mask"]]
         loss = torch.stack([t["total"] for t in terms]).mean()
         dice = float(torch.stack([t["frame_dice"] for t in terms]).mean())
-        self.log("train_loss", loss.detach(), prog_bar=False, batch_size=1)
-        self.log("train_dice", dice, prog_bar=False, batch_size=1)
+        if self._trainer is not None:  # also usable outside a Trainer (tests, benchmarks/bench_finetune.py)
+            self.log("train_loss", loss.detach(), prog_bar=False, batch_size=1)
+            self.log("train_dice", dice, prog_bar=False, batch_size=1)
         if self.on_step:
             self.on_step(int(self.global_step) + 1, int(self.current_epoch), float(loss.detach()), dice, clip)
         return loss
