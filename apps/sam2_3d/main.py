@@ -65,6 +65,9 @@ class Sam2App(MONAILabelApp):
     def init_infers(self):
         return self.model_config.infer()
 
+    def init_trainers(self):
+        return {"sam2_finetune": self.model_config.trainer()}
+
     def init_strategies(self):
         return strategies(self)
 
@@ -134,6 +137,10 @@ class Sam2App(MONAILabelApp):
             from lib.datastore import wado_proxy
 
             wado_proxy.install(web.app)
+        if web is not None:
+            from lib.trainers import endpoint
+
+            endpoint.install(web.app)  # 422 for bad training parameters, before a process starts
 
     def infer(self, request, datastore=None):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so
@@ -158,7 +165,8 @@ class Sam2App(MONAILabelApp):
         scores = params.get("slice_scores")
         # a 2D click scores one slice; only a propagation says how sure SAM 2 was about the whole object
         if scores and params.get("model_kind") != "slice2d" and isinstance(request.get("image_id"), str):
-            record_confidence(datastore or self.datastore(), request["image_id"], request.get("model"), scores)
+            record_confidence(datastore or self.datastore(), request["image_id"], request.get("model"), scores,
+                              weights=params.get("weights"))
         return result
 
     def next_sample(self, request):

@@ -5,6 +5,8 @@
   ``lease_s`` seconds, so two annotators asking at once do not get the same image;
 * ``sam2_low_confidence`` - the unlabelled image whose last SAM 2 propagation had the lowest mean
   per-slice object score (see ``record_confidence``); images never segmented come after, in ``first`` order.
+  Scores are recorded with the weights that produced them: once a fine-tuned version is in use, scores of
+  earlier weights are stale and rank after the fresh ones, so the queue follows the fine-tuned model.
 
 Why the confidence strategy is worth having: SAM 2 is interactive, so no score exists for an image nobody
 has prompted (there is nothing to "batch score" without a prompt), but every propagation yields SAM 2's own
@@ -45,9 +47,10 @@ class First(Strategy):
 
 
 class LowestSam2Confidence(Strategy):
-    def __init__(self, lease_s: int = DEFAULT_LEASE_S):
+    def __init__(self, lease_s: int = DEFAULT_LEASE_S, weights_in_use=None):
         super().__init__("Unlabelled image whose last SAM 2 propagation was least confident (mean slice score)")
         self.lease_s = lease_s
+        self.weights_in_use = weights_in_use  # () -> name of the weights the engine uses now
 
     def __call__(self, request, datastore: Datastore):
         images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
@@ -55,13 +58,19 @@ class LowestSam2Confidence(Strategy):
             return None
         pool = _not_leased(images, request, datastore, self.lease_s) or images
 
+        current = self.weights_in_use() if self.weights_in_use else None
+
         def key(image_id):
-            score = datastore.get_image_info(image_id).get(CONFIDENCE_KEY, {}).get("mean_slice_score")
-            return (0, float(score), image_id) if score is not None else (1, 0.0, image_id)
+            info = datastore.get_image_info(image_id).get(CONFIDENCE_KEY, {})
+            score = info.get("mean_slice_score")
+            if score is None:
+                return (2, 0.0, image_id)
+            stale = current is not None and info.get("weights", "base") != current
+            return (1 if stale else 0, float(score), image_id)
 
         ranked = sorted(pool, key=key)
         best = ranked[0]
-        score = key(best)[1] if key(best)[0] == 0 else None
+        score = key(best)[1] if key(best)[0] < 2 else None
         logger.info(f"sam2_low_confidence: {best} (mean slice score {score})")
         return {"id": best, "sam2_mean_slice_score": score}
 
@@ -79,7 +88,7 @@ def _not_leased(images, request, datastore: Datastore, lease_s: int) -> list:
     return free
 
 
-def record_confidence(datastore: Datastore, image_id: str, model: str, slice_scores: dict) -> bool:
+def record_confidence(datastore: Datastore, image_id: str, model: str, slice_scores: dict, weights: str | None = None) -> bool:
     """Keep the mean per-slice SAM 2 object score of the image's last propagation in its datastore info."""
     if not slice_scores or not image_id:
         return False
@@ -89,6 +98,7 @@ def record_confidence(datastore: Datastore, image_id: str, model: str, slice_sco
         "min_slice_score": round(min(values), 4),
         "slices": len(values),
         "model": model,
+        "weights": weights or "base",
         "ts": int(time.time()),
     }
     try:
@@ -100,4 +110,8 @@ def record_confidence(datastore: Datastore, image_id: str, model: str, slice_sco
 
 
 def strategies(app) -> dict:
-    return {"random": Random(), "first": First(), "sam2_low_confidence": LowestSam2Confidence()}
+    from lib.engine.weights import weights_in_use
+
+    engine = app.model_config.engine
+    return {"random": Random(), "first": First(),
+            "sam2_low_confidence": LowestSam2Confidence(weights_in_use=lambda: weights_in_use(engine))}

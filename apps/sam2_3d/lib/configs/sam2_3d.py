@@ -14,11 +14,14 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
   ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds;
 * ``offload_state_above`` (256): on a GPU, longer volumes keep SAM 2's per-slice state in CPU memory;
 * ``label_history`` (10): replaced ``final`` labels kept per image in ``<studies>/.replaced_labels/``.
+* ``finetuned``: a fine-tuned version to pin (``v0003``), ``none`` for the base model; default: the newest;
+* ``model_dir``: where fine-tuned versions live (default ``<app>/model``; versions in ``finetuned/``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -27,7 +30,9 @@ from monailabel.interfaces.config import TaskConfig
 from lib.engine.checkpoints import CheckpointCorrupt, resolve_checkpoint
 from lib.engine.engine import Sam2VolumeEngine
 from lib.engine.model import RANDOM_WEIGHTS_WARNING, build_predictor
+from lib.engine.weights import attach as attach_versions
 from lib.infers.sam2_infer import Sam2InferTask
+from lib.trainers.sam2_finetune import Sam2FinetuneTask
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +89,11 @@ class Sam2Config(TaskConfig):
         self.labels = [s.strip() for s in str(conf.get("labels", "object")).split(",") if s.strip()] or ["object"]
         self.engine = engine_from_conf(conf)
         self.datastore = kwargs.get("datastore")
+        self.versions_dir = conf.get("model_dir") or os.path.join(model_dir, "model")
+        attach_versions(self.engine, self.versions_dir, conf.get("finetuned"))
 
     def infer(self):
         return {name: Sam2InferTask(self.engine, kind, self.labels, self.datastore) for name, kind in TASKS.items()}
 
     def trainer(self):
-        return None
+        return Sam2FinetuneTask(self.engine, self.versions_dir)

@@ -78,6 +78,13 @@ class FeatureCache:
             for key in [k for k in self._items if k[0] == volume_key]:
                 self._bytes -= self._nbytes(self._items.pop(key))
 
+    def clear(self) -> None:
+        """Forget every feature (the image encoder's weights changed)."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.pos_enc = None
+
     @property
     def nbytes(self) -> int:
         return self._bytes

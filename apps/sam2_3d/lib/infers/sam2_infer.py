@@ -35,6 +35,7 @@ from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
 from .request_checks import check_infer_request
+from ..engine.weights import ensure_weights, weights_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Sam2InferTask(InferTask):
 
     # ------------------------------------------------------------------------------------------
     def _run(self, request):
+        ensure_weights(self.engine)  # the newest fine-tuned version (or the pinned one), without a restart
         image_path = request.get("image")
         if not isinstance(image_path, str) or not image_path or not os.path.exists(image_path):
             raise ImageNotFound(
@@ -318,6 +320,7 @@ class Sam2InferTask(InferTask):
             "model_kind": self.kind,
             "checkpoint": self.engine.checkpoint_name,
             "random_weights": self.engine.random_weights,
+            "weights": weights_in_use(self.engine),
             "preset": session.volume.preset.key,
             "prompted_slices": result.prompted_slices,
             "slice_range": list(result.slice_range),

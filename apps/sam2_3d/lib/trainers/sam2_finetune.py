@@ -1,0 +1,49 @@
+"""``POST /train/sam2_finetune``: monailabel's train task over ``lib/training``.
+
+monailabel runs a train request in a child process (``python -m monailabel.interfaces.utils.app -m
+train``), which builds the app (and so the engine, with the weights the server uses) and calls this task;
+``DELETE /train/`` kills that process, and the next identical request resumes from the last checkpoint.
+``GET /train/`` shows the child's last stdout lines (one per step: epoch, step, loss, Dice; one per
+validation); ``/info/`` shows ``train_stats`` (epoch, total_epochs, best_metric = best validation Dice,
+as Slicer's training progress bar reads them) and the trainer's ``versions`` with their validation Dice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.engine.weights import list_versions, manager_of, summary, versions_root, weights_in_use
+from lib.training.params import config_defaults, parse
+from lib.training.run import read_progress, train
+
+logger = logging.getLogger(__name__)
+
+
+class Sam2FinetuneTask(TrainTask):
+    def __init__(self, engine, model_dir: str):
+        super().__init__("Fine-tune SAM 2 (prompt encoder, mask decoder, memory; image encoder optional) on the "
+                         "datastore's final labels, as SAM 2 trains on videos: clips of slices, a simulated prompt "
+                         "on the first, tracked with memory")
+        self.engine = engine
+        self.model_dir = model_dir
+
+    def config(self):
+        return config_defaults()
+
+    def info(self):
+        info = super().info()
+        manager = manager_of(self.engine)
+        info["versions"] = [summary(v) for v in list_versions(versions_root(self.model_dir))]
+        info["weights_in_use"] = weights_in_use(self.engine)
+        info["pinned"] = manager.pin if manager else None
+        return info
+
+    def stats(self):
+        return read_progress(self.model_dir)
+
+    def __call__(self, request, datastore):
+        params = parse(request)  # the endpoint already answered 422 for bad values; this guards direct calls
+        logger.info(f"sam2_finetune: {params.to_dict()}")
+        return train(self.engine, datastore, params, self.model_dir)

@@ -1,0 +1,228 @@
+"""One fine-tuning run, end to end: data, resume point, Lightning, validation before/after, the version.
+
+Runs live in ``<model_dir>/finetuned/_runs/<key>/``; the key hashes everything that defines the run
+(parameters, labels used, base weights), so posting the same training again after a stop or a crash
+resumes it from its last Lightning checkpoint, at the step it reached, drawing the same clips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lib.engine import intensity
+from lib.engine.weights import base_identity, ensure_weights, manager_of, versions_root, weights_in_use
+
+from . import data as D
+from .module import Sam2Finetune
+from .params import TrainParams, check_for_server
+from .versions import write_version
+
+logger = logging.getLogger(__name__)
+
+
+def say(line: str) -> None:
+    """Progress lines: monailabel keeps the train process's last stdout lines for GET /train/."""
+    print(f"[sam2_finetune] {line}", file=sys.stdout, flush=True)
+
+
+def _write_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def progress_path(model_dir: str) -> str:
+    return os.path.join(versions_root(model_dir), "_runs", "progress.json")
+
+
+def read_progress(model_dir: str) -> dict:
+    try:
+        with open(progress_path(model_dir)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+class Progress(L.Callback):
+    """Stdout lines, ``progress.json`` (for ``/info/`` train_stats) and the run's history file."""
+
+    def __init__(self, run_dir: str, model_dir: str, params: TrainParams, base: dict):
+        self.history_path = os.path.join(run_dir, "history.jsonl")
+        self.model_dir = model_dir
+        self.params = params
+        self.state = {**base, "status": "RUNNING", "total_epochs": params.epochs, "total_steps": params.total_steps,
+                      "start_ts": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.t0 = time.time()
+        self.first_step = None
+        self.publish(step=0)  # replaces the previous run's (finished) stats at once
+
+    def history(self) -> list[dict]:
+        if not os.path.exists(self.history_path):
+            return []
+        with open(self.history_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def _append(self, entry: dict) -> None:
+        with open(self.history_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def publish(self, **kw) -> None:
+        self.state.update(kw)
+        _write_json(progress_path(self.model_dir), self.state)
+
+    def on_train_start(self, trainer, pl_module):
+        step = int(trainer.global_step)
+        kept = [h for h in self.history() if h["step"] <= step]  # steps after the checkpoint are redone
+        with open(self.history_path, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in kept)
+        self.first_step = step
+        self.t0 = time.time()
+        if step:
+            say(f"resumed from the checkpoint at step {step} of {self.params.total_steps}")
+        self.publish(step=step, resumed_from_step=step or None)
+
+    def on_step(self, step: int, epoch: int, loss: float, dice: float, clip) -> None:
+        self._append({"step": step, "epoch": epoch + 1, "loss": round(loss, 5), "dice": round(dice, 5)})
+        rate = (step - (self.first_step or 0)) / max(1e-9, time.time() - self.t0)
+        say(f"epoch {epoch + 1}/{self.params.epochs} step {step}/{self.params.total_steps} loss {loss:.4f} "
+            f"frame dice {dice:.3f} ({clip.prompt['kind']} prompt, {rate:.2f} steps/s)")
+        self.publish(epoch=epoch + 1, step=step, loss=round(loss, 5), steps_per_s=round(rate, 3))
+
+    def on_validation(self, step: int, epoch: int, result: dict) -> None:
+        self._append({"step": step, "epoch": epoch + 1, "val_dice": result["dice"], "val": result["objects"]})
+        say(f"validation after epoch {epoch + 1} (step {step}): mask-protocol volume Dice {result['dice']}")
+        best = max([h["val_dice"] for h in self.history() if h.get("val_dice") is not None] or [0.0])
+        self.publish(val_dice=result["dice"], best_metric=best)
+
+
+def _run_key(params: TrainParams, labels: list[dict], base: dict, parent: str) -> str:
+    ident = {k: v for k, v in params.to_dict().items() if k != "resume"}
+    blob = json.dumps({"params": ident, "labels": labels, "base": base, "parent": parent}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[dict] | None = None) -> dict:
+    """Fine-tune ``engine.predictor`` on the datastore's final labels; write and return a new version."""
+    t_start = time.time()
+    parent = ensure_weights(engine)  # start from the weights the server uses now
+    parent_name = weights_in_use(engine)
+    check_for_server(params, engine.image_size)
+    pairs = D.datastore_pairs(datastore) if pairs is None else pairs
+    if params.max_images:
+        pairs = pairs[: params.max_images]
+    if not pairs:
+        raise ValueError("no image in the datastore has a final label: save labels before training")
+    if all(p.get("split") in ("train", "validation") for p in pairs):  # a split given with the pairs
+        train_pairs = [p for p in pairs if p["split"] == "train"]
+        val_pairs = [p for p in pairs if p["split"] == "validation"]
+    else:
+        train_pairs, val_pairs = D.split(pairs, params.validation_split, params.seed)
+    labels = [{**p, "label_sha256": D.file_digest(p["label"]), "split": "validation" if p in val_pairs else "train"}
+              for p in pairs]
+    base = base_identity(engine)
+    root = versions_root(model_dir)
+    run_dir = os.path.join(root, "_runs", _run_key(params, labels, base, parent_name))
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    last = os.path.join(ckpt_dir, "last.ckpt")
+    if not params.resume or os.path.exists(os.path.join(run_dir, "finished.json")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir, exist_ok=True)
+    resume = os.path.exists(last)
+
+    say(f"{len(train_pairs)} training and {len(val_pairs)} validation images; starting from {parent_name} "
+        f"({engine.checkpoint_name}{', RANDOM WEIGHTS' if engine.random_weights else ''}) at {engine.image_size} px")
+    preset = intensity.IntensityPreset(params.preset)
+    volumes = [D.load_volume(p, preset, params.objects) for p in train_pairs]
+    sampler = D.ClipSampler(volumes, params.clip_length, params.prompt_kinds(), params.seed)
+    progress = Progress(run_dir, model_dir, params, {"run": os.path.basename(run_dir), "parent": parent_name})
+    torch.manual_seed(params.seed)
+    module = Sam2Finetune(engine, sampler, params, val_pairs, on_step=progress.on_step,
+                          on_validation=progress.on_validation)
+    say(f"training {len(module.trainable)} tensors ({', '.join(params.parts())}"
+        f"{', image encoder' if params.train_image_encoder else '; image encoder frozen'})")
+
+    before_path = os.path.join(run_dir, "before.json")
+    if val_pairs and not os.path.exists(before_path):
+        say("validating the starting weights (mask protocol)")
+        before = module.run_validation()
+        _write_json(before_path, before)
+        say(f"before training: mask-protocol volume Dice {before['dice']}")
+    before = json.load(open(before_path)) if os.path.exists(before_path) else None
+
+    gpu = str(engine.device).startswith("cuda")
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, every_n_train_steps=params.checkpoint_every, save_top_k=0, save_last=True,
+    )
+    trainer = L.Trainer(
+        accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
+        max_epochs=params.epochs, max_steps=params.total_steps, limit_train_batches=params.steps_per_epoch,
+        callbacks=[checkpoint, progress], logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, default_root_dir=run_dir, log_every_n_steps=1,
+    )
+    steps = DataLoader(list(range(params.steps_per_epoch)), batch_size=1)
+    val = DataLoader([0], batch_size=1) if val_pairs else None
+    trainer.fit(module, train_dataloaders=steps, val_dataloaders=val, ckpt_path=last if resume else None)
+    module.model.eval()
+    for p in module.model.parameters():
+        p.requires_grad_(False)
+
+    history = progress.history()
+    vals = [h for h in history if h.get("val_dice") is not None]
+    after = {"dice": vals[-1]["val_dice"], "objects": vals[-1]["val"], "step": vals[-1]["step"]} if vals else None
+    changed = set(module.trainable)
+    manager = manager_of(engine)
+    if manager is not None:
+        changed |= set(manager._base)  # tensors the parent version had changed from the base
+    state = {k: v for k, v in engine.predictor.state_dict().items() if k in changed}
+    seconds = time.time() - t_start
+    validation = {
+        "protocol": "mask", "metric": "volume Dice", "images": [p["image_id"] for p in val_pairs],
+        "dice_before": before["dice"] if before else None, "dice_after": after["dice"] if after else None,
+        "side_by_side": _side_by_side(before, after),
+    }
+    metrics = {
+        "validation": validation, "steps": int(trainer.global_step), "seconds": round(seconds, 1),
+        "resumed_from_step": progress.first_step or None,
+        "final_train_loss_mean20": _mean_last([h["loss"] for h in history if "loss" in h]),
+        "first_train_loss_mean20": _mean_first([h["loss"] for h in history if "loss" in h]),
+        "device": str(engine.device), "precision": "bf16-mixed" if gpu else "32-true",
+    }
+    config = {
+        "base": base, "image_size": engine.image_size,
+        "parent": parent_name, "trained_parts": params.parts() + (["image_encoder"] if params.train_image_encoder else []),
+        "trained_tensors": len(state), "steps": int(trainer.global_step), "validation": validation,
+    }
+    name = write_version(root, state, config, params.to_dict(), {"images": labels}, metrics, history)
+    _write_json(os.path.join(run_dir, "finished.json"), {"version": name})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the version holds the result; checkpoints were for resuming
+    progress.publish(status="DONE", version=name, total_time=round(seconds, 1), step=int(trainer.global_step))
+    say(f"version {name} written: validation Dice {validation['dice_before']} -> {validation['dice_after']} "
+        f"in {seconds:.0f} s")
+    return {"version": name, "path": os.path.join(root, name), **metrics}
+
+
+def _side_by_side(before: dict | None, after: dict | None) -> list[dict]:
+    if not before or not after:
+        return []
+    after_by = {(o["image"], o["object"]): o["dice"] for o in after["objects"]}
+    return [{"image": o["image"], "object": o["object"], "dice_before": o["dice"],
+             "dice_after": after_by.get((o["image"], o["object"]))} for o in before["objects"]]
+
+
+def _mean_last(values, n=20):
+    return round(sum(values[-n:]) / len(values[-n:]), 5) if values else None
+
+
+def _mean_first(values, n=20):
+    return round(sum(values[:n]) / len(values[:n]), 5) if values else None
