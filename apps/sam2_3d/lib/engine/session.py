@@ -75,14 +75,18 @@ class Session:
     def reset(self, label: str | None = None) -> None:
         """Clear one label (prompts, history, SAM 2 state) or, without a label, every label."""
         with self.lock:
-            for name in [label] if label else list(self._tracks):
-                if name in self._tracks:
-                    self._tracks[name].clear()
-                self._prompts.pop(name, None)
-                self._history.pop(name, None)
-            if not label:
+            if label is None:
+                for track in self._tracks.values():
+                    track.clear()
                 self._tracks.clear()
+                self._prompts.clear()
+                self._history.clear()
                 self._cache_2d.clear()
+            elif label in self._tracks:
+                # the label keeps its place (its value in a combined map), with nothing in it
+                self._tracks[label].clear()
+                self._prompts[label] = {}
+                self._history[label] = PromptHistory()
 
     def set_prompts(self, prompts: Prompts, label: str | None = None) -> list[int]:
         """Make the label's prompts exactly ``prompts``; record the action for undo."""
