@@ -26,6 +26,24 @@ if APP_DIR not in sys.path:
     sys.path.insert(0, APP_DIR)  # the app's `lib` package, as monailabel itself imports it
 
 
+# Figures that tests measure (how many hostile requests were tried, the incremental path's agreement with
+# the oracle...): printed at the end of every run, passing or not, and written to test-artifacts/.
+MEASURED: dict[str, object] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not MEASURED:
+        return
+    import json
+
+    terminalreporter.section("measured by the tests")
+    for key, value in MEASURED.items():
+        terminalreporter.write_line(f"{key}: {json.dumps(value)}")
+    os.makedirs(os.path.join(REPO, "test-artifacts"), exist_ok=True)
+    with open(os.path.join(REPO, "test-artifacts", "measured.json"), "w") as f:
+        json.dump(MEASURED, f, indent=1)
+
+
 def shared(*parts: str) -> str:
     """Path of a file in ../shared/data; skip the test (saying why) when it is absent."""
     path = os.path.join(SHARED_DATA, *parts)

@@ -18,10 +18,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, shared
+from conftest import MEASURED, REPO, shared
 
 from lib.engine import intensity
 from lib.engine.errors import PromptError
@@ -340,6 +340,11 @@ def _positive(prompts):
 @settings(max_examples=int(os.environ.get("SAM2_3D_SESSION_EXAMPLES", "20")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(actions=st.lists(ACTIONS, min_size=2, max_size=5))
+# found by hypothesis: a reset label lost its prompt list and history, so the next action on it raised
+@example(actions=[("reset",), ("undo",)])
+@example(actions=[("reset",), ("redo",)])
+@example(actions=[("reset",), ("remove_last_click",)])
+@example(actions=[("reset",), ("click", 26, 0.4, 0.6, 1)])
 def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path, actions):
     s = new_session(engine, volume_path)
     s.label = "a"
@@ -369,7 +374,7 @@ def teardown_module(module):
                    "median": float(np.median(values)), "exact_fraction": float((values == 1.0).mean())}
         with open(os.path.join(out, "session-oracle-dice.json"), "w") as f:
             json.dump({"summary": summary, "values": INCREMENTAL_DICES}, f, indent=1)
-        print("\nincremental vs oracle, mean slice Dice per label:", summary)
+        MEASURED["sessions: incremental path vs oracle, mean slice Dice per label"] = summary
 
 
 # -- through the infer task (what the server runs), threads and clients ----------------------------------
@@ -417,12 +422,16 @@ def test_clicks_in_one_sagittal_plane_without_axis_get_a_400_naming_the_axis(poi
     from fastapi import HTTPException
 
     with pytest.raises(HTTPException) as e:
-        point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27]], client_id="axis-hint"))
+        point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27], [30, 22, 26]], client_id="axis-hint"))
     assert e.value.status_code == 400 and '"axis": "i"' in e.value.detail
-    out_file, result = point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27]], axis="i",
+    out_file, result = point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27], [30, 22, 26]], axis="i",
                                            client_id="axis-hint", start_slice=-1, end_slice=-1))
     os.unlink(out_file)
     assert result["axis"] == "i" and result["prompted_slices"] == [30]
+    # two axial clicks on one row are no hint: the coincidence is too common
+    out_file, result = point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27]], client_id="axis-2"))
+    os.unlink(out_file)
+    assert result["axis"] == "k"
 
 
 def test_labels_all_and_undo_through_the_task(point_task, volume_path):

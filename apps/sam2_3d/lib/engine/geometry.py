@@ -198,9 +198,10 @@ def _is_minus_one(value) -> bool:
 
 def suggested_axis(points_ijk: Sequence[Sequence[int]]) -> str | None:
     """The axis a set of clicks suggests when it was placed in a sagittal or coronal view: all points in
-    one i-plane (or j-plane) while spanning several k. None when the points say nothing of the kind."""
+    one i-plane (or j-plane) while spanning several k. None when the points say nothing of the kind.
+    Three points at least: two axial clicks on one image row are a coincidence too common to refuse."""
     points = [tuple(int(round(float(v))) for v in p) for p in points_ijk]
-    if len(points) < 2 or len({p[2] for p in points}) < 2:
+    if len(points) < 3 or len({p[2] for p in points}) < 2:
         return None
     for axis in ("i", "j"):
         if len({p[_AXIS_INDEX[axis]] for p in points}) == 1:
