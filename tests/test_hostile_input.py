@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Server
+from conftest import MEASURED, Server
 from hostile_support import healthy, put_label, write_label_like, write_volume
 
 TINY = "tiny"  # 32 x 32 x 6: a full propagation costs ~1 s, so generated valid requests stay cheap
@@ -41,7 +41,7 @@ def hserver(tmp_path_factory):
     srv.tmp_baseline = set(os.listdir(tmp))  # what the server wrote at start-up (not uploads)
     yield srv
     srv.stop()
-    print(f"\nhostile input: {COUNTS['kinds']} kinds, {COUNTS['requests']} requests")
+    MEASURED["hostile input (kinds of bad input, requests sent)"] = dict(COUNTS)
 
 
 def post(srv, model, image=TINY, params=None, raw_params=None, query=None, files=None):
@@ -243,8 +243,27 @@ def test_no_oracle_for_server_files(hserver):
     assert existing.json()["detail"].replace("passwd", "X") == missing.json()["detail"].replace("no-such-file", "X")
 
 
+def test_a_label_name_never_reads_a_server_file(hserver):
+    """params ``label`` is a label name; a name that happens to be a file in the server's working folder
+    (the folder the server was started from) is neither read as a mask nor told apart from a missing one."""
+    COUNTS["kinds"] += 1
+    image = sitk.ReadImage(str(hserver.root / "studies" / f"{TINY}.nii.gz"))
+    write_label_like(image, hserver.root / "server_mask.nii.gz")  # a valid mask for the image, on the server
+    answers = {}
+    for name in ("server_mask.nii.gz", "outside.txt", "no_such_file.nii.gz"):
+        resp = post(hserver, "sam2_propagate", params={"label": name, "start_slice": 2, "end_slice": 4})
+        assert resp.status_code == 400, (name, resp.status_code, resp.text[:300])
+        answers[name] = resp.json()["detail"].replace(name, "X")
+    assert len(set(answers.values())) == 1, answers
+    assert "needs a mask" in answers["no_such_file.nii.gz"]
+    assert (hserver.root / "outside.txt").read_text() == "must survive"
+
+
 def test_session_ids_are_plain_names(hserver):
     COUNTS["kinds"] += 1
+    sessions = hserver.root / "sessions"
+    sessions.mkdir(exist_ok=True)
+    (sessions / "keep.txt").write_text("a session file")
     for sid in ("..", "."):  # raw paths: requests would normalise /session/.. away
         COUNTS["requests"] += 2
         for method in ("GET", "DELETE"):
@@ -252,7 +271,11 @@ def test_session_ids_are_plain_names(hserver):
             req.url = f"{hserver.url}/session/{sid}"
             resp = requests.Session().send(req, timeout=30)
             assert resp.status_code in (400, 404, 405), resp.text
-    assert os.path.isdir(hserver.root)
+            assert healthy(hserver.url)
+    # nothing of the sessions folder, the studies or the test's root was deleted
+    assert (sessions / "keep.txt").read_text() == "a session file"
+    assert (hserver.root / "outside.txt").read_text() == "must survive"
+    assert os.path.isfile(hserver.root / "studies" / f"{TINY}.nii.gz")
 
 
 # -- CORS -------------------------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class Sam2InferTask(InferTask):
 
     def _label_name(self, request) -> str:
         name = request.get("label")
-        if self.kind == "propagate" and isinstance(name, str) and os.path.exists(name):
+        if self.kind == "propagate" and _uploaded_label(request) is not None:
             name = None  # for this task 'label' is the uploaded mask file, not a name
         if isinstance(name, str) and name:
             return name
@@ -258,8 +258,8 @@ class Sam2InferTask(InferTask):
         return tools, box_range
 
     def _mask_prompts(self, request, geo: SliceGeometry, session) -> dict[int, np.ndarray]:
-        label_file = request.get("label")
-        if not (isinstance(label_file, str) and os.path.isfile(label_file)):
+        label_file = _uploaded_label(request)
+        if label_file is None:
             tag = request.get("label_tag")
             if not tag:
                 raise PromptError(
@@ -332,6 +332,17 @@ class Sam2InferTask(InferTask):
             "propagation": result.how,
             "propagated_spans": [list(span) for span in result.propagated_spans],
         }
+
+
+def _uploaded_label(request) -> str | None:
+    """The mask file uploaded with the request, or None. monailabel puts an upload's temporary copy in
+    ``request["label"]`` as an absolute path; a client's own ``label`` is a label name, which the HTTP
+    layer refuses to be a path, so a relative name never reaches the file system (it could otherwise
+    read, or reveal the existence of, a file in the server's working folder)."""
+    label = request.get("label")
+    if isinstance(label, str) and os.path.isabs(label) and os.path.isfile(label):
+        return label
+    return None
 
 
 def _point_prompt(points, box=None) -> SlicePrompt:
