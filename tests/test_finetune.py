@@ -176,6 +176,21 @@ def train_server(tmp_path_factory):
     srv.stop()
 
 
+def _assert_the_run_changed_the_trained_parts(weights_file):
+    """The version's tensors are the trained parts only, and the Lightning run moved them away from the
+    base (the server's random weights, rebuilt here from the same seed): a broken optimiser, freezing or
+    checkpointing would write the base back and every other check would still pass."""
+    from lib.configs.sam2_3d import engine_from_conf
+
+    base = engine_from_conf({"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true",
+                             "image_size": str(TRAIN_SIZE), "device": "cpu"}).predictor.state_dict()
+    trained = torch.load(weights_file, map_location="cpu")
+    assert trained and not any(k.startswith("image_encoder.") for k in trained), sorted(trained)[:5]
+    assert any(k.startswith("sam_mask_decoder.") for k in trained) and any(k.startswith("memory_attention.") for k in trained)
+    moved = [k for k, v in trained.items() if not torch.equal(v.float(), base[k].float())]
+    assert len(moved) > len(trained) // 2, f"only {len(moved)} of {len(trained)} trained tensors changed"
+
+
 def _infer_weights(server) -> str:
     resp = requests.post(f"{server.url}/infer/sam2_point", params={"image": "spinalcord", "output": "json"},
                          data={"params": json.dumps({"foreground": [[30, 27, 26]], "start_slice": 24,
@@ -252,6 +267,7 @@ def test_train_endpoint_stop_resume_and_serve_the_version(train_server):
     assert sorted(p["image_id"] for p in labels) == ["brain", "spinalcord"] and all(p["label_sha256"] for p in labels)
     params = json.load(open(os.path.join(vdir, "params.json")))
     assert params["steps_per_epoch"] == 6 and params["clip_length"] == 3
+    _assert_the_run_changed_the_trained_parts(os.path.join(vdir, "weights.pt"))
 
     # the running server's infer tasks use it now, without a restart, and say so
     assert _infer_weights(train_server) == "finetuned/v0001"
