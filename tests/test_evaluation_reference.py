@@ -39,6 +39,10 @@ def test_no_click_when_no_error_region_is_thicker_than_1_42_px():
     pred = np.zeros_like(gt)
     assert P.largest_enclosed_point(gt)[1] is None
     assert P.shen_click(gt, pred) is None
+    plus = np.zeros((32, 32), bool)
+    plus[16, 12:21] = plus[12:21, 16] = True  # a 1-px plus: its centre is sqrt(2) = 1.414 from outside
+    assert P.largest_enclosed_point(plus)[1] is None  # 1.414 < 1.42: no click (a start of 1.41 would click)
+    assert P.shen_click(plus, np.zeros_like(plus)) is None
     block = np.zeros((32, 32), bool)
     block[10:13, 10:13] = True  # 3 x 3: its centre is 2 px from outside
     dist, xy = P.largest_enclosed_point(block)
@@ -118,8 +122,10 @@ def test_both_lungs_get_a_positive_each_and_the_image_centre_a_negative():
     parts[10:30, 40:55] = 2  # "left lung"
     points, labels = P.gutierrez_points(parts)
     assert labels == [1, 1, 0]
-    assert points[0] == (12, 19) and parts[19, 12] == 1  # centre of mass of each lung, (x, y)
-    assert points[1] == (47, 19) and parts[19, 47] == 2
+    # centre of mass (row 19.5 -> 19, column 12), then __center_point_in_mask: the column's run (9 above,
+    # 10 below) is longer than the row's (7 + 7), so the point moves to row 19 + (10 - 9 + 1) // 2 = 20
+    assert points[0] == (12, 20) and parts[20, 12] == 1
+    assert points[1] == (47, 20) and parts[20, 47] == 2
     assert points[2] == (30, 20)  # the image centre, always, even when it is inside an object
     crescent = np.zeros((40, 40), np.int32)
     yy, xx = np.mgrid[:40, :40]
@@ -128,6 +134,30 @@ def test_both_lungs_get_a_positive_each_and_the_image_centre_a_negative():
     assert crescent[int(cy), int(cx)] == 0  # its centre of mass is in the hollow
     (x, y) = P.gutierrez_points(crescent)[0][0]
     assert crescent[y, x] == 1  # a centroid outside its crescent moves inside
+
+
+def test_gutierrez_centring_and_moving_inside_follow_the_reference_rules():
+    # a bar with a notch left of its centre of mass (6, 26): the row's run wins (16 left, 23 right)
+    # and the point moves right by (23 - 16 + 1) // 2 = 4
+    bar = np.zeros((20, 60), bool)
+    bar[5:9, 3:50] = True
+    assert P.gutierrez_point(bar) == (26, 6)  # symmetric runs: it stays
+    bar[6, 3:10] = False
+    assert P.gutierrez_point(bar) == (30, 6)
+    # a "C": the centre of mass (20, 17) is in the hollow; left, up and down each meet 3 mask pixels,
+    # left wins the tie (first in the reference's order), the new point is their mean column 11, and
+    # centring keeps it (column run 10 + 10 beats row run 1 + 1; (10 - 10 + 1) // 2 = 0)
+    c = np.zeros((40, 40), bool)
+    c[10:13, 10:31] = c[28:31, 10:31] = c[10:31, 10:13] = True
+    assert not c[20, 17]
+    assert P.gutierrez_point(c) == (11, 20)
+    # by contour: two pieces of one value each get a positive, centred on the value's whole mask
+    two = np.zeros((40, 60), np.int32)
+    two[10:30, 5:20] = two[10:30, 40:55] = 1
+    assert P.gutierrez_points(two, by_contour=True) == ([(12, 20), (47, 20), (30, 20)], [1, 1, 0])
+    # by value: one positive for both pieces; their centre of mass (19, 29) lies between them, left and
+    # right meet 15 pixels each, left wins, mean column 12, centred to row 20
+    assert P.gutierrez_points(two) == ([(12, 20), (30, 20)], [1, 0])
 
 
 def test_slice_mean_dice_and_jaccard_over_object_slices():
@@ -206,6 +236,27 @@ def test_shen_mask_prompts_the_video_centre_and_scores_only_the_video(engine, sy
     assert metrics.per_slice_dice(run.mask, gt)[4] == 1.0  # the prompted slice is the ground truth
 
 
+def test_shen_whole_video_is_the_object_and_a_random_margin_each_side(engine, synthetic):
+    gt = np.zeros((40, 8, 8), bool)
+    gt[15:25, 2:5, 2:5] = True  # slices 15..24, 9 px each: no slice is salient, all belong to "whole"
+    assert P.shen_video(gt) is None
+    seen = set()
+    for seed in range(30):
+        (lo, hi), (below, above) = P.shen_whole_video(gt, seed)
+        assert 5 <= below <= 9 and 5 <= above <= 9
+        assert (lo, hi) == (15 - below, 24 + above - 1)  # range(min_slice, max_slice): the end excluded
+        seen.add((below, above))
+    assert len(seen) > 5 and P.shen_whole_video(gt, 3) == P.shen_whole_video(gt, 3)
+    edge = np.zeros((12, 8, 8), bool)
+    edge[1:11] = True
+    assert P.shen_whole_video(edge, 0)[0] == (0, 11)  # clipped to the volume: min(D, last + m) - 1 = 11
+    # the protocol on the 9-slice disc (object on 1..7): the video is the whole volume, prompted on 4
+    path, disc = synthetic
+    run = protocols.run(protocols.ProtocolSpec.parse("shen2024-whole"), _open(engine, path, "whole"), disc)
+    assert run.propagate == (0, 8) and run.scored == (0, 8) and run.anchor == 4 and run.steps[0]["kind"] == "mask"
+    assert run.info["video"] == [0, 8] and len(run.info["margins"]) == 2
+
+
 def test_shen_clicks_follow_the_reference_rule_on_the_central_slice(engine, synthetic):
     path, gt = synthetic
     session = _open(engine, path, "clicks")
@@ -236,8 +287,20 @@ def test_medsam2_box_uses_the_given_key_slice_and_the_whole_volume(engine, synth
     run = protocols.run(spec, _open(engine, path, "box"), gt, key_slice=2)
     ys, xs = np.nonzero(gt[2])
     assert run.anchor == 2 and run.steps[0]["box"] == [xs.min(), ys.min(), xs.max(), ys.max()]
-    assert run.propagate == (0, 8) and run.scored == (0, 8) and run.slices_processed == 9
+    assert run.propagate == (0, 8) and run.scored == (0, 8)
+    assert run.slices_processed == 7 + 3  # forward 2..8, reverse 2..0: the key slice in both passes
     assert run.info["key_slice_source"] == "given"
+    # two passes on fresh states (the reference's reset_state between them): forward from the key slice,
+    # then the box again and reverse; the answer is their union, the same on a replay of the steps
+    assert [s["verb"] for s in run.steps] == ["set_prompts", "propagate", "set_prompts", "propagate"]
+    assert run.steps[1]["range"] == [2, 8] and run.steps[2]["reset"] and run.steps[3]["range"] == [0, 2]
+    again, _ = protocols.execute(_open(engine, path, "box-replay"), gt, run.steps, run.propagate)
+    np.testing.assert_array_equal(protocols.largest_component(again), run.mask)
+    # each pass alone, in a session of its own: the reverse pass is what a state that never tracked
+    # slices 3..8 gives
+    fresh = _open(engine, path, "box-reverse")
+    fresh.set_prompts({2: protocols._prompt(run.steps[0], gt)})
+    np.testing.assert_array_equal(again[:2], fresh.propagate(0, 2).mask[:2])
     default = protocols.run(spec, _open(engine, path, "box2"), gt)
     assert default.anchor == 4 and "largest" in default.info["key_slice_source"]
     with pytest.raises(ValueError, match="no ground truth"):

@@ -89,7 +89,8 @@ def _ran_slices(run: protocols.ProtocolRun, n: int) -> list[bool]:
         for k in range(run.propagate[0], run.propagate[1] + 1):
             ran[k] = True
     for s in run.steps:
-        ran[s["k"]] = True
+        if "k" in s:  # a prompt; a propagation step's range lies inside run.propagate
+            ran[s["k"]] = True
     return ran
 
 

@@ -130,6 +130,7 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, spacing_kji, tolerance_mm: float,
 PAPER_METRICS = {
     "shen_mask": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
     "shen_clicks": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
+    "shen_whole": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
     "medsam2_box": "pooled Dice (DSC) + surfel NSD at --nsd-tolerance mm over the volume",
     "gutierrez_lung": "Dice and Jaccard averaged over the slices holding the object (no NSD)",
 }
@@ -139,7 +140,7 @@ def paper_metrics(kind: str | None, p: np.ndarray, g: np.ndarray, m: dict) -> di
     """The numbers the protocol's reference code prints, named by what they are."""
     if kind not in PAPER_METRICS:
         return None
-    if kind in ("shen_mask", "shen_clicks"):
+    if kind in ("shen_mask", "shen_clicks", "shen_whole"):
         dice, nsd_v = m["dice_pooled"], nsd_shen_reference(p, g)
     elif kind == "medsam2_box":
         dice, nsd_v = m["dice_pooled"], m["nsd_surfel"]

@@ -111,6 +111,27 @@ def shen_video(gt: np.ndarray, threshold: int = SHEN_SALIENT_PIXELS) -> tuple[in
     return int(salient[0]), int(salient[-1]) - 1
 
 
+SHEN_WHOLE_MARGIN = (5, 10)  # nii_2_video.py --threshold 0: np.random.randint(5, 10) slices each side
+
+
+def shen_whole_video(gt: np.ndarray, seed: int = 0) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The video of nii_2_video.py's ``--threshold 0`` setting (the paper's "whole" object): every slice
+    holding the object, widened by a random 5..9 slices below and above (``np.random.randint(5, 10)``,
+    clipped to the volume), the last slice excluded as in the salient video. The reference draws the
+    margins unseeded; here they come from ``seed`` so that a run can be repeated. Returns
+    ``((first, last), (margin_below, margin_above))`` or None when the object is absent."""
+    areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
+    present = np.flatnonzero(areas > 0)
+    if present.size == 0:
+        return None
+    below, above = (int(v) for v in np.random.default_rng(seed).integers(*SHEN_WHOLE_MARGIN, size=2))
+    lo = max(0, int(present[0]) - below)
+    hi = min(gt.shape[0], int(present[-1]) + above) - 1  # range(min_slice, max_slice): the end excluded
+    if hi < lo:
+        return None
+    return (lo, hi), (below, above)
+
+
 def shen_central(video: tuple[int, int]) -> int:
     """``frame_idx = len(frame_names) // 2`` of the video, as a slice index of the volume."""
     lo, hi = video
@@ -164,21 +185,67 @@ def largest_slice(gt: np.ndarray) -> int:
     return int(np.argmax(areas))
 
 
-def _inside(mask: np.ndarray, y: int, x: int) -> tuple[int, int]:
-    """The mask pixel nearest to ``(y, x)`` (itself when inside): a centroid outside a crescent moves in."""
-    if mask[y, x]:
-        return y, x
-    ys, xs = np.nonzero(mask)
-    n = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
-    return int(ys[n]), int(xs[n])
+def _run(line: np.ndarray) -> int:
+    """How many True values ``line`` starts with (the image edge ends a run, as background does)."""
+    stop = np.flatnonzero(~line)
+    return int(stop[0]) if stop.size else len(line)
 
 
-def gutierrez_points(parts2d: np.ndarray) -> tuple[list[tuple[int, int]], list[int]]:
+def _centre_in_mask(mask: np.ndarray, y: int, x: int) -> tuple[int, int]:
+    """``SliceMasks.__center_point_in_mask``: from a pixel inside the mask, measure the mask's run to the
+    left, right, above and below; move to the middle of the row's run if the row holds more of the mask
+    than the column, else to the middle of the column's run (the ``(a - b + 1) // 2`` of the reference).
+    The reference fails when a run reaches the image edge; here the edge ends the run."""
+    left, right = _run(mask[y, :x][::-1]), _run(mask[y, x + 1:])
+    above, below = _run(mask[:y, x][::-1]), _run(mask[y + 1:, x])
+    if left + right > above + below:
+        return y, x + (right - left + 1) // 2
+    return y + (below - above + 1) // 2, x
+
+
+def _move_inside(mask: np.ndarray, y: int, x: int) -> tuple[int, int]:
+    """``SliceMasks.__move_point_inside_mask``: from a pixel outside the mask, look left, right, up and
+    down; the direction that meets the most mask pixels (first of equals, in that order) gives the new
+    point, the mean position of those pixels on its line, which is then centred in the mask.
+
+    Where the reference has no answer (no mask pixel on any of the four lines: it takes a random mask
+    pixel; the mean falls between two pieces, outside the mask: its centring assertion fails), the mask
+    pixel nearest to the mean position or to the centroid is taken instead, then centred."""
+    rays = [(np.flatnonzero(mask[y, :x]), "row"), (np.flatnonzero(mask[y, x + 1:]) + x + 1, "row"),
+            (np.flatnonzero(mask[:y, x]), "col"), (np.flatnonzero(mask[y + 1:, x]) + y + 1, "col")]
+    best, axis = max(rays, key=lambda r: len(r[0]))  # max keeps the first of equals, as np.argmax
+    if len(best):
+        ny, nx = (y, int(np.mean(best))) if axis == "row" else (int(np.mean(best)), x)
+    else:
+        ny, nx = y, x
+    if not mask[ny, nx]:
+        ys, xs = np.nonzero(mask)
+        n = int(np.argmin((ys - ny) ** 2 + (xs - nx) ** 2))
+        ny, nx = int(ys[n]), int(xs[n])
+    return _centre_in_mask(mask, ny, nx)
+
+
+def gutierrez_point(part: np.ndarray, label_mask: np.ndarray | None = None) -> tuple[int, int]:
+    """``SliceMasks.__find_mask_center``: the int-truncated centre of mass of ``part``, centred in the
+    label's mask when it lies inside it, moved inside and centred when not; ``(x, y)``.
+    ``label_mask`` is the whole mask of the part's label value (the reference checks and centres on it
+    even when the part is one contour of several); default: the part itself."""
+    from scipy import ndimage
+
+    label_mask = part if label_mask is None else label_mask
+    cy, cx = ndimage.center_of_mass(part)
+    y, x = int(cy), int(cx)
+    y, x = _centre_in_mask(label_mask, y, x) if label_mask[y, x] else _move_inside(label_mask, y, x)
+    return x, y
+
+
+def gutierrez_points(parts2d: np.ndarray, by_contour: bool = False) -> tuple[list[tuple[int, int]], list[int]]:
     """Gutiérrez et al. (i3uex/sam ``tools/slice_masks.py``): per slice, one positive per part, one negative.
 
-    ``parts2d`` holds one id per object part (a lung) and 0 elsewhere. Each part gets a positive at
-    its centre of mass (moved to the nearest part pixel when it falls outside, e.g. a crescent), and
-    the slice always gets a negative at the image centre (``__add_image_center``), inside or not.
+    ``parts2d`` holds one label value per object part (a lung) and 0 elsewhere. Each part gets a
+    positive from :func:`gutierrez_point`; the slice always gets a negative at the image centre
+    (``__add_image_center``), inside an object or not. ``by_contour`` (the reference's
+    ``use_masks_contours``): each filled contour of a value is a part of its own, centred on the value's mask.
     """
     from scipy import ndimage
 
@@ -186,9 +253,12 @@ def gutierrez_points(parts2d: np.ndarray) -> tuple[list[tuple[int, int]], list[i
     for value in np.unique(parts2d):
         if value == 0:
             continue
-        part = parts2d == value
-        cy, cx = ndimage.center_of_mass(part)
-        y, x = _inside(part, int(cy), int(cx))
-        points.append((x, y))
+        label_mask = parts2d == value
+        if not by_contour:
+            points.append(gutierrez_point(label_mask))
+            continue
+        pieces, n = ndimage.label(label_mask)
+        for piece in range(1, n + 1):  # find_contours on the hole-filled mask: one contour per filled piece
+            points.append(gutierrez_point(ndimage.binary_fill_holes(pieces == piece), label_mask))
     h, w = parts2d.shape
     return points + [(w // 2, h // 2)], [1] * len(points) + [0]

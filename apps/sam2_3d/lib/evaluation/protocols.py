@@ -22,11 +22,13 @@ PROTOCOLS = ("mask", "clicks", "box", "slice2d")
 # The papers' recipes, by name (docs/evaluation.md: the rule each follows and the reference line).
 NAMED = {
     "shen2024-1mask": "shen_mask",
-    "shen2024-salient": "shen_mask",  # the reference's default video *is* the salient range
+    "shen2024-salient": "shen_mask",  # the reference's default video (--threshold 256) *is* the salient range
+    "shen2024-whole": "shen_whole",  # its --threshold 0 video: the whole object and a random margin
     "medsam2-box": "medsam2_box",
     "gutierrez2023-lung": "gutierrez_lung",
 }
 HELP = ("mask, clicks, clicksN (N=1..5), box, slice2d; or a paper's recipe: shen2024-1mask, shen2024-salient, "
+        "shen2024-whole, "
         "shen2024-Nclicks (N=1..5, e.g. shen2024-5clicks), medsam2-box, gutierrez2023-lung")
 
 
@@ -61,7 +63,7 @@ class ProtocolSpec:
     @property
     def prompts_ground_truth_mask(self) -> bool:
         """Its prompted slice is the ground truth itself (scores 1.0 by construction)."""
-        return self.kind in ("mask", "shen_mask")
+        return self.kind in ("mask", "shen_mask", "shen_whole")
 
 
 @dataclass
@@ -92,13 +94,23 @@ def _prompt(step: dict, gt: np.ndarray) -> SlicePrompt:
 
 
 def execute(session: Session, gt: np.ndarray, steps: list[dict], propagate: tuple[int, int] | None):
-    """Send ``steps`` to the session in order, then propagate; returns (mask, slices processed)."""
+    """Send ``steps`` to the session in order, then propagate; returns (mask, slices processed).
+
+    A step may itself be a propagation (``{"verb": "propagate", "range": [a, b]}``; its mask is OR-ed
+    into the answer, as MedSAM2 accumulates its two passes): steps that hold their own propagations are
+    complete, and ``propagate`` is then only the range they cover (no further pass is run)."""
     session.reset()
     mask = np.zeros(gt.shape, dtype=np.uint8)
     processed = 0
+    own_passes = any(step["verb"] == "propagate" for step in steps)
     for step in steps:
         if step.get("reset"):
             session.reset()
+        if step["verb"] == "propagate":
+            prop = session.propagate(*step["range"])
+            mask |= prop.mask
+            processed += len(prop.scores)
+            continue
         prompt = _prompt(step, gt)
         if step["verb"] == "segment_slice":
             m, _ = session.segment_slice(step["k"], prompt)
@@ -106,7 +118,7 @@ def execute(session: Session, gt: np.ndarray, steps: list[dict], propagate: tupl
             processed += 1
         else:
             session.set_prompts({step["k"]: prompt})
-    if propagate is not None:
+    if propagate is not None and not own_passes:
         prop = session.propagate(*propagate)
         mask, processed = prop.mask, processed + len(prop.scores)
     return mask, processed
@@ -182,6 +194,21 @@ def _shen_mask(spec, session, gt, **_) -> ProtocolRun:
     return ProtocolRun(mask, steps, video, anchor, processed, 0.0, scored=video, info={"video": list(video)})
 
 
+def _shen_whole(spec, session, gt, seed=0, **_) -> ProtocolRun:
+    """segment_any_image.py on the ``--threshold 0`` video (the whole object, a random margin each side)."""
+    whole = P.shen_whole_video(gt, seed)
+    if whole is None:
+        raise Skip("no video: the object is absent")
+    video, margins = whole
+    anchor = P.shen_central(video)
+    if not gt[anchor].any():
+        raise Skip(f"the video's middle frame {anchor} holds no ground truth: no mask prompt can be given")
+    steps = [{"k": anchor, "verb": "set_prompts", "kind": "mask", "source": "ground truth of slice k"}]
+    mask, processed = execute(session, gt, steps, video)
+    return ProtocolRun(mask, steps, video, anchor, processed, 0.0, scored=video,
+                       info={"video": list(video), "margins": list(margins)})
+
+
 def _shen_clicks(spec, session, gt, **_) -> ProtocolRun:
     """segment_any_image_with_clicks.py: N rounds of perform_iteration on the middle frame, then propagate."""
     video = _shen_video(gt)
@@ -222,8 +249,12 @@ def _medsam2_box(spec, session, gt, key_slice=None, **_) -> ProtocolRun:
         raise ValueError(f"key slice {key_slice} is outside the evaluated slices 0..{gt.shape[0] - 1}")
     if not gt[key_slice].any():
         raise ValueError(f"key slice {key_slice} holds no ground truth: no box can be drawn on it")
-    steps = [{"k": key_slice, "verb": "set_prompts", "kind": "box", "box": list(P.bounding_box(gt[key_slice]))}]
+    box = {"k": key_slice, "verb": "set_prompts", "kind": "box", "box": list(P.bounding_box(gt[key_slice]))}
     rng = (0, gt.shape[0] - 1)
+    # two passes on two fresh states, as the reference runs them (reset_state between): the reverse pass
+    # never sees the memory of the slices the forward pass tracked
+    steps = [box, {"verb": "propagate", "range": [key_slice, rng[1]], "direction": "forward"},
+             {**box, "reset": True}, {"verb": "propagate", "range": [rng[0], key_slice], "direction": "reverse"}]
     mask, processed = execute(session, gt, steps, rng)
     mask = largest_component(mask)
     return ProtocolRun(mask, steps, rng, key_slice, processed, 0.0, scored=rng, info={"key_slice_source": source})
@@ -249,12 +280,7 @@ def _gutierrez_lung(spec, session, gt, parts=None, **_) -> ProtocolRun:
     single = len(np.unique(parts[gt])) == 1  # one part (one label value): its separate contours are the parts
     steps = []
     for k in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1)):
-        slice_parts = np.where(gt[k], parts[k], 0)
-        if single:
-            from scipy import ndimage
-
-            slice_parts = ndimage.label(gt[k])[0]
-        pts, labels = P.gutierrez_points(slice_parts)
+        pts, labels = P.gutierrez_points(np.where(gt[k], parts[k], 0), by_contour=single)
         steps.append({"k": int(k), "verb": "segment_slice", "kind": "points", "reset": True,
                       "points": [list(p) for p in pts], "labels": labels})
     mask, processed = execute(session, gt, steps, None)
@@ -264,7 +290,7 @@ def _gutierrez_lung(spec, session, gt, parts=None, **_) -> ProtocolRun:
 
 
 _RECIPES = {"mask": _legacy, "box": _legacy, "clicks": _legacy, "slice2d": _legacy, "shen_mask": _shen_mask,
-            "shen_clicks": _shen_clicks, "medsam2_box": _medsam2_box, "gutierrez_lung": _gutierrez_lung}
+            "shen_whole": _shen_whole, "shen_clicks": _shen_clicks, "medsam2_box": _medsam2_box, "gutierrez_lung": _gutierrez_lung}
 
 
 def _clicks(session: Session, gt: np.ndarray, k: int, rounds: int) -> tuple[list[dict], int]:

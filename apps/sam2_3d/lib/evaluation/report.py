@@ -201,7 +201,7 @@ def _worst(figdir, store, records, per_figure: int = 4) -> list[str]:
 
 def _steps_on(steps: list[dict], k: int) -> list[dict]:
     """The prompts given on slice k (the last state of each kind: clicks accumulate)."""
-    on = [s for s in steps if s["k"] == k]
+    on = [s for s in steps if s.get("k") == k]  # propagation steps have no slice of their own
     return on[-1:] if on else []
 
 
