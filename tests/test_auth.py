@@ -69,6 +69,9 @@ class AuthServer(Server):
         raise RuntimeError(f"server not ready; log:\n{self.tail()}")
 
 
+VIEWER = "https://viewer.example.org"
+
+
 @pytest.fixture(scope="module")
 def idp():
     provider = StandInIdentityProvider()
@@ -81,7 +84,9 @@ def auth_server(idp, tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
     studies = root / "studies"
     studies.mkdir()
-    srv = AuthServer(str(studies), str(root), env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": idp.realm})
+    # exposed as the README says to: auth on, and one viewer origin allowed (with credentials)
+    srv = AuthServer(str(studies), str(root), env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": idp.realm,
+                                                   "MONAI_LABEL_CORS_ORIGINS": json.dumps([VIEWER])})
     srv.image = write_volume(root / "img.nii.gz")
     with open(root / "img.nii.gz", "rb") as f:  # added through the API, as an admin
         resp = requests.put(srv.url + "/datastore/image", params={"image": "img"}, files={"file": ("img.nii.gz", f)},
@@ -90,6 +95,19 @@ def auth_server(idp, tmp_path_factory):
     srv.label = write_label_like(srv.image, root / "label.nii.gz")
     yield srv
     srv.stop()
+
+
+def test_a_configured_cors_origin_gets_credentials_and_others_none(auth_server):
+    resp = requests.options(auth_server.url + "/datastore/", headers={
+        "Origin": VIEWER, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "authorization"},
+        timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers.get("access-control-allow-origin") == VIEWER
+    assert resp.headers.get("access-control-allow-credentials") == "true"
+    evil = requests.options(auth_server.url + "/datastore/", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "PUT"}, timeout=30)
+    assert evil.headers.get("access-control-allow-origin") is None
+    assert evil.headers.get("access-control-allow-credentials") is None
 
 
 def bearer(token):

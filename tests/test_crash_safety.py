@@ -27,6 +27,10 @@ from hostile_support import put_label, write_label_like, write_volume
 ROUNDS = int(os.environ.get("SAM2_3D_KILL_ROUNDS", "3"))
 
 
+def _partial_files(studies) -> list:
+    return [p for p in studies.rglob("*.part-*")]
+
+
 def sha(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -38,7 +42,7 @@ def test_kill_9_during_label_saves_leaves_old_or_new(tmp_path):
     versions = [write_label_like(image, tmp_path / f"v{v}.nii", value=v) for v in (1, 2)]
     good = {sha(p) for p in versions}
     rng = random.Random(11)
-    saved_total = 0
+    saved_total = mid_write = 0
     for round_ in range(ROUNDS):
         srv = Server(str(studies), str(tmp_path), conf={"label_history": "3"})
         saved, stop = [], threading.Event()
@@ -56,8 +60,17 @@ def test_kill_9_during_label_saves_leaves_old_or_new(tmp_path):
 
         worker = threading.Thread(target=save_loop, daemon=True)
         worker.start()
-        time.sleep(rng.uniform(1.0, 3.0))
+        if round_ == 0:
+            # the first round kills the moment a save's temporary file appears: mid-write by construction
+            # (the later rounds kill at random moments)
+            deadline = time.time() + 30
+            while time.time() < deadline and not _partial_files(studies):
+                time.sleep(0.0005)
+        else:
+            time.sleep(rng.uniform(1.0, 3.0))
         os.kill(srv.proc.pid, signal.SIGKILL)
+        if _partial_files(studies):
+            mid_write += 1
         srv.proc.wait(30)
         stop.set()
         worker.join(30)
@@ -76,6 +89,7 @@ def test_kill_9_during_label_saves_leaves_old_or_new(tmp_path):
             assert all(sha(p) in good for p in kept), "a kept history version is partial"
             assert len(kept) <= 3 + 1  # bounded (one more may be linked just before the kill pruned it)
     assert saved_total > 0, "no save completed before the kills: the test did not exercise anything"
+    assert mid_write > 0, "no kill landed while a save was being written: the test did not exercise that"
 
     srv = Server(str(studies), str(tmp_path))  # a restart removes the partial files and serves the label
     try:
@@ -85,4 +99,5 @@ def test_kill_9_during_label_saves_leaves_old_or_new(tmp_path):
         assert requests.get(srv.url + "/datastore/", timeout=30).json()["completed"] == 1
     finally:
         srv.stop()
-    print(f"\nkill -9 during saves: {ROUNDS} rounds, {saved_total} saves completed before the kills, all consistent")
+    print(f"\nkill -9 during saves: {ROUNDS} rounds ({mid_write} mid-write), {saved_total} saves completed "
+          "before the kills, all consistent")

@@ -109,3 +109,17 @@ def test_slice_geometry_conventions():
         geo.roi_to_box([70, 80, 1, 5, 0, 1])
     with pytest.raises(ValueError, match="i=60 is not in"):
         geo.voxel_to_frame([60, 0, 0])
+
+
+def test_volume_array_stays_valid_after_its_image_is_dropped():
+    """Issue 11: SimpleITK's array view dangled once its image was freed (garbage values or a segfault)."""
+    import gc
+
+    from lib.engine.geometry import volume_array
+
+    path = shared("spinalcord_t2", "image.nii.gz")
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(path))  # a copy
+    view = volume_array(read_image(path))[20:30]  # the image itself is referenced nowhere else
+    gc.collect()
+    _ = [np.ones((64, 64, 64)) for _ in range(20)]  # reuse freed memory, if any was freed
+    np.testing.assert_array_equal(view, expected[20:30])

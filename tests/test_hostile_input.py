@@ -141,6 +141,30 @@ def test_uploads_that_are_not_masks_are_refused_and_leave_no_temp_file(hserver, 
     assert leftover_temp_files(hserver) == []
 
 
+def test_moving_a_prompt_to_another_slice_is_answered(hserver):
+    """Issue 11: a click moved from slice 2 to 4 in the same session answered 500 (AssertionError in SAM 2)."""
+    COUNTS["kinds"] += 1
+    base = {"client_id": "mover", "start_slice": 1, "end_slice": 5, "auto_stop": 0}
+    first = post(hserver, "sam2_point", params=dict(base, foreground=[[16, 16, 2]], reset_state=True),
+                 query={"output": "json"})
+    moved = post(hserver, "sam2_point", params=dict(base, foreground=[[16, 16, 4]]), query={"output": "json"})
+    assert first.status_code == moved.status_code == 200, moved.text
+    assert moved.json()["prompted_slices"] == [4] and moved.json()["propagation"] == "full"
+    again = post(hserver, "sam2_point", params=dict(base, foreground=[[16, 16, 4]]), query={"output": "json"})
+    assert again.status_code == 200 and again.json()["propagation"] == "cached"
+
+
+def test_malformed_image_and_label_info_get_a_400(hserver):
+    for route, query in (("image/info", {"image": TINY}), ("label/info", {"label": TINY, "tag": "final"})):
+        for raw in ("{x", "[1, 2]", "null"):
+            COUNTS["kinds"] += 1
+            COUNTS["requests"] += 1
+            resp = requests.put(f"{hserver.url}/datastore/{route}", params=query, data={"info": raw}, timeout=30)
+            assert resp.status_code == 400, (route, raw, resp.status_code, resp.text)
+            assert "info" in resp.json()["detail"], resp.text
+    assert healthy(hserver.url)
+
+
 # -- labels on save ---------------------------------------------------------------------------------------
 def _truncated(src, dest):
     data = open(src, "rb").read()
@@ -174,6 +198,8 @@ def test_labels_that_are_not_labels_of_the_image_are_refused(hserver, tmp_path):
         (".exe", exe, 415, "use one of"),
         ("origin differs", write_label_like(image, tmp_path / "o.nii.gz", Origin=(5.0, 0.0, 0.0)), 422, "origin"),
         ("spacing differs", write_label_like(image, tmp_path / "s.nii.gz", Spacing=(1.0, 1.0, 3.0)), 422, "spacing"),
+        ("direction differs", write_label_like(image, tmp_path / "d.nii.gz", Direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)),
+         422, "direction"),
         ("non-integer values", floaty, 422, "non-integer"),
     ]
     before = datastore_state(hserver)
