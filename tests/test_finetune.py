@@ -254,6 +254,11 @@ def test_train_endpoint_stop_resume_and_serve_the_version(train_server):
     steps_run = [int(line.split(" step ")[1].split("/")[0]) for line in done["details"] if "/6 loss" in line]
     assert steps_run[0] == saved_step + 1 and steps_run[-1] == 6, steps_run
 
+    # what Slicer's and OHIF's training panels read: /info/ train_stats
+    stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["sam2_finetune"]
+    assert stats["status"] == "DONE" and stats["version"] == "v0001", stats
+    assert stats["step"] == stats["total_steps"] == 6 and stats["epoch"] == stats["total_epochs"] == 1
+    assert stats["loss"] > 0 and 0 <= stats["val_dice"] <= 1 and stats["resumed_from_step"] == saved_step
     versions = requests.get(f"{url}/info/", timeout=30).json()["trainers"]["sam2_finetune"]["versions"]
     assert [v["name"] for v in versions] == ["v0001"]
     assert versions[0]["val_dice_before"] is not None and versions[0]["val_dice_after"] is not None
