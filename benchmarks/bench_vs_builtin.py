@@ -4,7 +4,9 @@ Both run as real `monailabel start_server` processes on loopback, load ONE check
 weights written here for the chosen SAM 2.1 config, and get the same requests over HTTP:
 
   1. first propagation after one click on the central slice (time total and per slice processed);
-  2. a session: that propagation, then three corrections on other slices, each re-propagated;
+  2. a session: that propagation, then three corrections on other slices, each re-propagated (ours also
+     with ``incremental: false``, to show what the incremental path saves; each correction's effect on
+     our answer is checked, untimed, so a correction that changed nothing cannot look fast);
   3. a 2D click on an image already loaded (second and later clicks).
 
 It prints medians over --runs, the ratio ours/theirs per scenario, what each system processed, and
@@ -145,6 +147,18 @@ def infer(url, model, image, params):
     return dt, r.json()
 
 
+def fetch_mask(url, model, image, params):
+    """The label a request answers (output=image), as a [k, j, i] array: untimed, to check corrections."""
+    r = requests.post(f"{url}/infer/{model}", params={"image": image, "output": "image"},
+                      data={"params": json.dumps(params)}, timeout=3600)
+    if r.status_code != 200:
+        raise RuntimeError(f"{model} on {image}: HTTP {r.status_code}: {r.text[:500]}")
+    with tempfile.NamedTemporaryFile(suffix=".nii.gz") as f:
+        f.write(r.content)
+        f.flush()
+        return sitk.GetArrayFromImage(sitk.ReadImage(f.name))
+
+
 def synthetic(path, n):
     """A 512x512xN CT-like volume: a sphere-ish blob in noise, int16 HU, 1x1x2 mm."""
     rng = np.random.default_rng(n)
@@ -172,8 +186,8 @@ def run_volume(ours, theirs, image, size, runs, device, scenarios=("1", "2", "3"
     out = {"image": image, "size": size, "s1": {}, "s2": {}, "s3": {}, "processed": {}}
     systems = {"ours": (ours.url, "sam2_point", "sam2_2d"), "theirs": (theirs.url, "sam_3d", "sam_2d")}
     for name, (url, m3, m2) in systems.items():
-        base = {"device": device} if name == "theirs" else {"auto_stop": 0, "client_id": "bench"}
-        s1, s1_slices, s2 = [], None, []
+        base = {"device": device} if name == "theirs" else {"auto_stop": 0, "client_id": "bench", "axis": "k"}
+        s1, s1_slices, s2, s2_full = [], None, [], []
         for run in range(runs if {"1", "2"} & set(scenarios) else 0):
             # 1 + 2: a fresh session each run; reset_state makes both systems drop prompts and state
             fg = [first]
@@ -198,6 +212,10 @@ def run_volume(ours, theirs, image, size, runs, device, scenarios=("1", "2", "3"
                     steps.append(f"{corr[2]}: [{k0}, {nz - 1}]")
             s2.append(total)
             out["processed"][name] = {"first": proc, "corrections": steps}
+            if name == "ours":
+                s2_full.append(_session_full(url, m3, image, base, first, corrections))
+        if name == "ours" and {"1", "2"} & set(scenarios):
+            out["changed"] = _corrections_change_the_result(url, m3, image, base, first, corrections)
         # 3: 2D clicks on one slice; the first loads the image, later ones are what is timed
         k = first[2]
         clicks = [[size[0] // 2 + d, size[1] // 2, k] for d in (0, 4, 8, 12, 16)]
@@ -214,8 +232,42 @@ def run_volume(ours, theirs, image, size, runs, device, scenarios=("1", "2", "3"
                            "per_slice": statistics.median(p for _, p in s1) if s1 else nan,
                            "cold_total": s1[0][0] if s1 else nan}
         out["s2"][name] = {"total": statistics.median(s2) if s2 else nan}
+        if name == "ours":
+            out["s2"]["ours_full"] = {"total": statistics.median(s2_full) if s2_full else nan}
         out["s3"][name] = {"click": statistics.median(s3)}
     return out
+
+
+def _session_full(url, model, image, base, first, corrections):
+    """Scenario 2 on our server with every correction re-propagated in full (``incremental: false``):
+    what the incremental path saves, on the same server, in the same run."""
+    params = {**base, "client_id": "bench-full", "incremental": False}
+    fg = [first]
+    total, _ = infer(url, model, image, {**params, "foreground": fg, "background": [], "reset_state": True})
+    for corr in corrections:
+        fg = fg + [corr]
+        total += infer(url, model, image, {**params, "foreground": fg, "background": []})[0]
+    return total
+
+
+def _corrections_change_the_result(url, model, image, base, first, corrections):
+    """Voxels each correction changed in our answer, and whether the incremental answer equals the full
+    re-propagation's (untimed: a correction that changes nothing would make its saving meaningless)."""
+    params = {**base, "client_id": "bench-check"}
+    fg = [first]
+    before = fetch_mask(url, model, image, {**params, "foreground": fg, "background": [], "reset_state": True})
+    rows = []
+    for corr in corrections:
+        fg = fg + [corr]
+        after = fetch_mask(url, model, image, {**params, "foreground": fg, "background": []})
+        full = fetch_mask(url, model, image, {**params, "client_id": "bench-check-full", "incremental": False,
+                                              "reset_state": True, "foreground": fg, "background": []})
+        inter, union = np.count_nonzero((after > 0) & (full > 0)), np.count_nonzero((after > 0) | (full > 0))
+        rows.append({"slice": corr[2], "voxels_changed": int(np.count_nonzero(after != before)),
+                     "slices_changed": int(np.count_nonzero((after != before).reshape(len(after), -1).any(1))),
+                     "iou_vs_full": round(inter / union, 4) if union else 1.0})
+        before = after
+    return rows
 
 
 def main():
@@ -269,14 +321,17 @@ def render(a, results, rss):
              f"Model: SAM 2.1 {a.model}, RANDOM weights (one checkpoint file loaded by both), image size {a.image_size} for both",
              f"Medians over {a.runs} runs; ratio = ours / theirs (lower is better for ours).", "",
              "| volume (x,y,z) | 1: total s ours / theirs | 1: s per slice processed ours / theirs | ratio/slice | "
-             "2: session s ours / theirs | ratio | 3: 2D click s ours / theirs | ratio |", "|---|---|---|---|---|---|---|---|"]
+             "2: session s ours / theirs | ratio | 2: ours incremental / ours full | "
+             "3: 2D click s ours / theirs | ratio |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         o1, t1 = r["s1"]["ours"], r["s1"]["theirs"]
         o2, t2 = r["s2"]["ours"]["total"], r["s2"]["theirs"]["total"]
+        f2 = r["s2"].get("ours_full", {}).get("total", float("nan"))
         o3, t3 = r["s3"]["ours"]["click"], r["s3"]["theirs"]["click"]
         lines.append(f"| {r['image']} {tuple(r['size'])} | {o1['total']:.2f} / {t1['total']:.2f} | "
                      f"{o1['per_slice']:.3f} / {t1['per_slice']:.3f} | {o1['per_slice'] / t1['per_slice']:.2f} | "
-                     f"{o2:.2f} / {t2:.2f} | {o2 / t2:.2f} | {o3:.3f} / {t3:.3f} | {o3 / t3:.2f} |")
+                     f"{o2:.2f} / {t2:.2f} | {o2 / t2:.2f} | {o2:.2f} / {f2:.2f} = {o2 / f2:.2f} | "
+                     f"{o3:.3f} / {t3:.3f} | {o3 / t3:.2f} |")
     lines += ["", f"Peak RSS (VmHWM of each server's process tree, whole run): ours {rss['ours']} MB, theirs {rss['theirs']} MB", "",
               "What each system processed (last run):", ""]
     for r in results:
@@ -285,6 +340,12 @@ def render(a, results, rss):
             if p is None:
                 continue
             lines.append(f"- {r['image']} {name}: first propagation {p['first']}; corrections (slice: spans) {p['corrections']}")
+    lines += ["", "What each of our corrections changed (voxels and slices that differ from the answer before it) and "
+              "how the incremental answer compares with a full re-propagation of the same prompts (IoU):", ""]
+    for r in results:
+        for row in r.get("changed", []):
+            lines.append(f"- {r['image']} correction on slice {row['slice']}: {row['voxels_changed']} voxels on "
+                         f"{row['slices_changed']} slices changed; IoU vs full {row['iou_vs_full']}")
     return "\n".join(lines) + "\n"
 
 
