@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "apps", "sam2_3d"))
 def bench(model: str, image_size: int, train_encoder: bool, steps: int, warmup: int, clip_length: int, data: str) -> dict:
     import torch
 
-    from lib.configs.sam2_3d import engine_from_conf
+    from lib.engine.build import engine_from_conf
     from lib.engine.intensity import IntensityPreset
     from lib.training import data as D
     from lib.training.module import Sam2Finetune

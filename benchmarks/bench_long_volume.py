@@ -56,7 +56,7 @@ def one_run(path: str, image_size: int, device: str, model: str, cache_gb: float
     build the engine, open, click, propagate, report."""
     import torch
 
-    from lib.configs.sam2_3d import engine_from_conf
+    from lib.engine.build import engine_from_conf
     from lib.engine import intensity
     from lib.engine.engine import SlicePrompt
 

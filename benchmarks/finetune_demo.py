@@ -43,7 +43,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lib.configs.sam2_3d import engine_from_conf
+    from lib.engine.build import engine_from_conf
     from lib.engine import weights
     from lib.training.params import parse
     from lib.training.run import train

@@ -65,7 +65,7 @@ def same_grid(a, b) -> None:
 @pytest.fixture(scope="session")
 def engine():
     """One SAM 2.1-tiny engine (RANDOM WEIGHTS, 256 px) for every in-process test."""
-    from lib.configs.sam2_3d import engine_from_conf
+    from lib.engine.build import engine_from_conf
 
     return engine_from_conf(
         {"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true", "image_size": str(TEST_IMAGE_SIZE), "device": "cpu"}

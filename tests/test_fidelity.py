@@ -52,6 +52,10 @@ def test_frames_equal_sam2_loader_on_png(tmp_path, image_size):
     ours = SliceFrames(slices, image_size)
     for n in range(len(slices)):
         assert torch.equal(ours[n], expected[n]), f"frame {n} differs from SAM 2's loader"
+    # the encoder's batched path (uint8 to the device, normalised there; here the device is the CPU):
+    # the same bits, in any order and with the resize made ahead, as a prefetch makes it
+    assert torch.equal(ours.batch([0, 1, 2]), expected)
+    assert torch.equal(ours.batch([2, 0], resized=ours.resized([2, 0])), expected[[2, 0]])
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ def test_clips_start_on_the_object_with_the_evaluations_prompts():
 @pytest.fixture(scope="module")
 def train_engine():
     """A separate engine (training changes its weights); RANDOM WEIGHTS, 128 px."""
-    from lib.configs.sam2_3d import engine_from_conf
+    from lib.engine.build import engine_from_conf
 
     return engine_from_conf({"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true",
                              "image_size": str(TRAIN_SIZE), "device": "cpu"})
@@ -180,7 +180,7 @@ def _assert_the_run_changed_the_trained_parts(weights_file):
     """The version's tensors are the trained parts only, and the Lightning run moved them away from the
     base (the server's random weights, rebuilt here from the same seed): a broken optimiser, freezing or
     checkpointing would write the base back and every other check would still pass."""
-    from lib.configs.sam2_3d import engine_from_conf
+    from lib.engine.build import engine_from_conf
 
     base = engine_from_conf({"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true",
                              "image_size": str(TRAIN_SIZE), "device": "cpu"}).predictor.state_dict()

@@ -279,6 +279,37 @@ def test_auto_stop_stops_forgets_and_reports(engine, volume_path, absent_on):
     assert later.stopped_early["forward"] == 31
 
 
+@pytest.mark.parametrize("every", [1, 3, 100])
+def test_host_copies_in_groups_give_the_answer_and_state_of_copies_per_slice(engine, volume_path, absent_on,
+                                                                            monkeypatch, every):
+    """A full pass brings masks and scores to the host SYNC_EVERY slices at a time; with auto-stop, the
+    slices tracked past the stop are forgotten. Any group size must leave exactly the answer and the SAM 2
+    state that copying every slice at once leaves (``every = 1``, what the loop did before): compared on
+    the stop itself and on an incremental correction that reads the state afterwards."""
+    from lib.engine import tracking
+
+    absent_on.update({27, 28, 29, 21, 20})
+
+    def session_run(group):
+        monkeypatch.setattr(tracking, "SYNC_EVERY", group)
+        s = new_session(engine, volume_path)
+        s.update_prompts(points={24: [click(s, 0.5, 0.5)]})
+        full = s.propagate(18, 31, auto_stop=2)
+        s.update_prompts(points={24: [click(s, 0.5, 0.5)], 25: [click(s, 0.45, 0.5)]})
+        inc = s.propagate(18, 31, auto_stop=2)
+        tracked = sorted(s.track().state["frames_tracked_per_obj"][0])
+        return full, inc, tracked
+
+    engine.feature_cache.drop_volume(new_session(engine, volume_path).volume.key)  # every slice through the hook
+    one = session_run(1)
+    grouped = session_run(every)
+    assert one[0].stopped_early == {"forward": 28, "reverse": 20}
+    for a, b in ((one[0], grouped[0]), (one[1], grouped[1])):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.scores == b.scores and a.stopped_early == b.stopped_early and a.how == b.how
+    assert one[2] == grouped[2] and 29 not in grouped[2], grouped[2]
+
+
 # -- the oracle over random action sequences ------------------------------------------------------
 SLICES = st.integers(LO, HI)
 UNIT = st.floats(0.1, 0.9)

@@ -19,7 +19,6 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-import SimpleITK as sitk
 
 from . import intensity
 from .frames import SliceFrames
@@ -33,13 +32,17 @@ logger = logging.getLogger(__name__)
 
 
 class Volume:
-    """A loaded image and its uint8 frames along one axis for one intensity preset."""
+    """A volume's uint8 frames along one axis for one intensity preset, and the image it came from.
 
-    def __init__(self, key, image: sitk.Image, preset: intensity.IntensityPreset, image_size: int, axis: str = "k"):
+    ``array_kji`` is the voxel array indexed ``[k, j, i]``; ``image`` the SimpleITK image it views (None for
+    an array with no file behind it: the benchmark's and training's in-memory volumes)."""
+
+    def __init__(self, key, array_kji: np.ndarray, preset: intensity.IntensityPreset, image_size: int,
+                 axis: str = "k", image=None):
         self.key = key
         self.image = image
-        self.geometry = SliceGeometry.of(image, axis)
-        array = volume_array(image)
+        self.geometry = SliceGeometry.of_array(array_kji, axis)
+        array = array_kji
         self.preset = intensity.resolve(preset, array)
         # [frames, H, W] along the axis (a per-slice preset works per frame); the image is not modified.
         self.slices_u8 = intensity.to_uint8(self.geometry.to_frames(array), self.preset)
@@ -99,18 +102,44 @@ class Sam2VolumeEngine:
             cache_key = (key, preset, axis)
             vol = self._volumes.get(cache_key)
             if vol is None:
-                vol = Volume(key + (preset.key, axis), read_image(image_path), preset, self.image_size, axis)
-                self._volumes[cache_key] = vol
-                while len(self._volumes) > self.max_volumes:
-                    _, old = self._volumes.popitem(last=False)
-                    self._forget_volume(old)
+                image = read_image(image_path)
+                vol = self._keep(cache_key, Volume(key + (preset.key, axis), volume_array(image), preset,
+                                                   self.image_size, axis, image))
             self._volumes.move_to_end(cache_key)
             return vol
 
+    def volume_of_array(self, name: str, array_kji: np.ndarray, preset: intensity.IntensityPreset,
+                        axis: str = "k") -> Volume:
+        """A volume held in memory only (no file), known by ``name``: same frames, features and sessions
+        as a file's. The caller keeps ``array_kji`` unchanged while the volume is in use."""
+        cache_key = (("<array>", name, array_kji.shape, str(array_kji.dtype)), preset, axis)
+        with self.lock:
+            vol = self._volumes.get(cache_key)
+            if vol is None:
+                vol = self._keep(cache_key, Volume(cache_key[0] + (preset.key, axis), array_kji, preset,
+                                                   self.image_size, axis))
+            self._volumes.move_to_end(cache_key)
+            return vol
+
+    def _keep(self, cache_key, vol: Volume) -> Volume:
+        self._volumes[cache_key] = vol
+        while len(self._volumes) > self.max_volumes:
+            _, old = self._volumes.popitem(last=False)
+            self._forget_volume(old)
+        return vol
+
     def open(self, image_path: str, client_id: str = "", preset=None, mode: str = "3d", axis: str = "k") -> Session:
         preset = preset or intensity.IntensityPreset("auto")
+        return self._session(self.volume(image_path, preset, axis), client_id, mode)
+
+    def open_array(self, name: str, array_kji: np.ndarray, client_id: str = "", preset=None, mode: str = "3d",
+                   axis: str = "k") -> Session:
+        """:meth:`open` for an in-memory ``[k, j, i]`` array (no SimpleITK needed anywhere on this path)."""
+        preset = preset or intensity.IntensityPreset("auto")
+        return self._session(self.volume_of_array(name, array_kji, preset, axis), client_id, mode)
+
+    def _session(self, vol: Volume, client_id: str, mode: str) -> Session:
         with self.lock:
-            vol = self.volume(image_path, preset, axis)
             key = (vol.key, client_id or "", mode)
             session = self._sessions.get(key)
             if session is None:
@@ -154,6 +183,13 @@ class Sam2VolumeEngine:
             for k in doomed:
                 del self._sessions[k]
             return len(doomed)
+
+    def clear(self) -> None:
+        """Forget every volume, session and image feature: the next request starts as on a fresh server."""
+        with self.lock:
+            self._sessions.clear()
+            self._volumes.clear()
+            self.feature_cache.clear()
 
     def _forget_volume(self, vol: Volume) -> None:
         self.feature_cache.drop_volume(vol.key)

@@ -23,13 +23,22 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import ImageNotFound, PromptError, UnreadableImage, WrongDimensions
 
 
+def _sitk():
+    """SimpleITK, imported where files are read or written: the index bookkeeping below, and with it the
+    engine's propagation core, must also run where only torch, numpy and pillow are installed (a GPU
+    benchmark machine; docs/benchmark.md)."""
+    import SimpleITK
+
+    return SimpleITK
+
+
 def read_image(path: str) -> sitk.Image:
     """Read a NIfTI/NRRD/... file or a DICOM series folder as a 3D scalar SimpleITK image."""
+    sitk = _sitk()
     if not path or not os.path.exists(path):
         raise ImageNotFound(f"image file not found: {path!r}")
     try:
@@ -53,6 +62,7 @@ def read_image(path: str) -> sitk.Image:
 
 def dicom_series_files(folder: str) -> list[str]:
     """The files of the (first) DICOM series in a folder, in the slice order SimpleITK reads them."""
+    sitk = _sitk()
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
     if not series:
         raise UnreadableImage(f"no DICOM series found in folder {os.path.basename(folder)!r}")
@@ -61,6 +71,7 @@ def dicom_series_files(folder: str) -> list[str]:
 
 def read_dicom_series(folder: str) -> sitk.Image:
     """The folder's (first) DICOM series as one image, unvalidated (``read_image`` validates)."""
+    sitk = _sitk()
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(dicom_series_files(folder))
     return reader.Execute()
@@ -84,6 +95,13 @@ class SliceGeometry:
     @classmethod
     def of(cls, image: sitk.Image, axis: str = "k") -> "SliceGeometry":
         return cls(tuple(int(s) for s in image.GetSize()), axis)
+
+    @classmethod
+    def of_array(cls, array_kji: np.ndarray, axis: str = "k") -> "SliceGeometry":
+        """The geometry of a ``[k, j, i]`` voxel array (no image file behind it)."""
+        if array_kji.ndim != 3:
+            raise WrongDimensions(f"array is {array_kji.ndim}D with shape {array_kji.shape}; a 3D volume is needed")
+        return cls(tuple(int(s) for s in reversed(array_kji.shape)), axis)
 
     @property
     def _frame_axes(self) -> tuple[int, int, int]:
@@ -224,6 +242,7 @@ def volume_array(image: sitk.Image) -> np.ndarray:
 
     The array (and every slice of it) holds a reference to ``image``, so it stays valid on its own.
     """
+    sitk = _sitk()
     view = sitk.GetArrayViewFromImage(image).view(_ImageView)
     view._image = image
     return view
@@ -231,6 +250,7 @@ def volume_array(image: sitk.Image) -> np.ndarray:
 
 def label_image_like(label_kji: np.ndarray, reference: sitk.Image) -> sitk.Image:
     """A uint8 label on exactly the reference's grid (size, spacing, origin, direction)."""
+    sitk = _sitk()
     expected = tuple(reversed(reference.GetSize()))
     if label_kji.shape != expected:
         raise ValueError(f"label shape {label_kji.shape} != image shape {expected}")
@@ -241,12 +261,14 @@ def label_image_like(label_kji: np.ndarray, reference: sitk.Image) -> sitk.Image
 
 def write_label(label: sitk.Image, path: str) -> str:
     """Write uncompressed for NRRD (OHIF copies the raw bytes 1:1), compressed for NIfTI."""
+    sitk = _sitk()
     sitk.WriteImage(label, path, useCompression=path.endswith(".gz"))
     return path
 
 
 def read_label_on(path: str, reference: sitk.Image) -> np.ndarray:
     """Read a label file that must lie on the reference grid; return it as a ``[k, j, i]`` array."""
+    sitk = _sitk()
     label = read_image(path) if not path.endswith(".bin") else None
     if label is None:
         raise UnreadableImage(".bin labels must be converted against their image first")

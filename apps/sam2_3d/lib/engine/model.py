@@ -93,6 +93,19 @@ class FeatureCache:
         return len(self._items)
 
 
+_pool = None
+
+
+def _resize_pool():
+    """Threads that make the next batch's resized slices (PIL releases the GIL while it resizes)."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam2-frames")
+    return _pool
+
+
 class VolumeFeatures:
     """The feature source of one (volume, preset): SAM 2's ``_get_image_feature`` asks it per frame."""
 
@@ -106,10 +119,13 @@ class VolumeFeatures:
         self.direction = 1
         self.bounds = (0, len(frames) - 1)
         self.frames_encoded = 0
+        self._ahead = None  # (indices, future of their resized uint8 slices): the next batch, made early
 
     def _encode(self, indices: list[int]) -> None:
         device = self.model.device
-        batch = self.frames.batch(indices).to(device, non_blocking=True)
+        batch = self.frames.batch(indices, device, resized=self._prefetched(indices))
+        if device.type == "cuda":
+            self._prefetch_after(indices)  # the next batch's PIL resizes run while the GPU encodes this one
         with torch.inference_mode():
             out = self.model.forward_image(batch)
         self.frames_encoded += len(indices)
@@ -118,6 +134,22 @@ class VolumeFeatures:
         for n, k in enumerate(indices):
             fpn = [f[n : n + 1].clone() if len(indices) > 1 else f for f in out["backbone_fpn"]]
             self.cache.put((self.volume_key, k), fpn)
+
+    def _prefetched(self, indices: list[int]):
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == tuple(indices):
+            return ahead[1].result()
+        return None
+
+    def _prefetch_after(self, indices: list[int]) -> None:
+        lo, hi = self.bounds
+        nxt, k = [], indices[-1] + self.direction
+        while len(nxt) < self.batch_size and lo <= k <= hi:
+            if self.cache.get((self.volume_key, k)) is None:
+                nxt.append(k)
+            k += self.direction
+        if nxt:
+            self._ahead = (tuple(nxt), _resize_pool().submit(self.frames.resized, nxt))
 
     def get(self, frame_idx: int) -> dict:
         fpn = self.cache.get((self.volume_key, frame_idx))

@@ -38,6 +38,9 @@ OBJ_ID = 1  # one SAM 2 object per label state
 # consecutive slices: from there on the previous result stands.
 REJOIN_SLICES = 2
 REJOIN_IOU = 0.98
+# A full pass brings masks and scores to the host this many slices at a time when it may auto-stop
+# (without auto-stop: once per direction).
+SYNC_EVERY = 8
 
 
 @dataclass
@@ -196,19 +199,48 @@ class LabelTrack:
                 continue  # SAM 2 would re-emit the anchor only
             self.features.direction = -1 if reverse else 1
             self.features.bounds = (lo, hi)
-            absent_run = 0
+            # Masks and scores stay where SAM 2 made them and come to the host in groups: one copy per
+            # SYNC_EVERY slices instead of two waits per slice, so the host can queue the next slice's work
+            # while the device runs. Auto-stop reads them group by group; the slices SAM 2 tracked past the
+            # stop are forgotten, which leaves the state and the answer a stop on the very slice would leave.
+            pending: list[tuple[int, torch.Tensor]] = []
+            run = {"absent": 0}
             for k, _, masks in predictor.propagate_in_video(
                 self.state, start_frame_idx=anchor, max_frame_num_to_track=span, reverse=reverse
             ):
-                mask[k] = (masks[0, 0] > 0).cpu().numpy()
-                scores[k] = self._score(k)
-                past_prompts = (k <= last_prompt) if reverse else (k >= last_prompt)
-                absent_run = absent_run + 1 if scores[k] < 0.5 else 0
-                if auto_stop and past_prompts and absent_run >= auto_stop:
-                    stopped["reverse" if reverse else "forward"] = k
-                    break
+                pending.append((k, masks[0, 0] > 0))
+                if auto_stop and len(pending) >= SYNC_EVERY:
+                    stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
+                    pending = []
+                    if stop is not None:
+                        stopped["reverse" if reverse else "forward"] = stop
+                        break
+            else:
+                stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
+                if stop is not None:
+                    stopped["reverse" if reverse else "forward"] = stop
         spans = [(min(scores), max(scores))] if scores else []
         return self._finish(prompts, mask, (lo, hi), scores, stopped, encoded, t0, spans, "full")
+
+    def _land(self, pending, mask, scores, auto_stop, run, last_prompt, reverse) -> int | None:
+        """Bring a group of tracked slices to the host (one copy each for masks and scores) and apply
+        auto-stop to them in tracking order; returns the slice it stops on, or None. Slices after the
+        stop were tracked ahead of it: SAM 2 forgets them and they are not part of the answer."""
+        if not pending:
+            return None
+        ks = [k for k, _ in pending]
+        masks = torch.stack([m for _, m in pending]).cpu().numpy()
+        probs = self._scores(ks)
+        for n, k in enumerate(ks):
+            mask[k] = masks[n]
+            scores[k] = probs[n]
+            past_prompts = (k <= last_prompt) if reverse else (k >= last_prompt)
+            run["absent"] = run["absent"] + 1 if probs[n] < 0.5 else 0
+            if auto_stop and past_prompts and run["absent"] >= auto_stop:
+                for j in ks[n + 1:]:
+                    forget_frame(self.predictor, self.state, j)
+                return k
+        return None
 
     def _propagate_incremental(self, prompts, changed, lo, hi, auto_stop, rejoin) -> Propagation:
         """Re-segment the changed slices as fresh conditioning frames and re-propagate outward from each
@@ -303,6 +335,17 @@ class LabelTrack:
         if out is None:
             return float("nan")
         return float(torch.sigmoid(out["object_score_logits"].float()).flatten()[0])
+
+    def _scores(self, ks: list[int]) -> list[float]:
+        """:meth:`_score` of several slices with one copy to the host (the same values)."""
+        outs = [self._output(k) for k in ks]
+        if any(out is None for out in outs):
+            return [self._score(k) for k in ks]
+        logits = [out["object_score_logits"].flatten()[:1] for out in outs]
+        devices = {t.device for t in logits}
+        if len(devices) > 1:  # offloaded and resident outputs mixed: gather on the CPU
+            logits = [t.cpu() for t in logits]
+        return torch.sigmoid(torch.cat(logits).float()).cpu().tolist()
 
     def logits(self, k: int) -> np.ndarray | None:
         """SAM 2's mask logits of slice k at the frame's resolution (None if SAM 2 holds no output)."""

@@ -46,7 +46,7 @@ def engine_for(setting: dict, seed: int):
     conf = {k: str(v) for k, v in setting["conf"].items() if k != "preset"}
     key = json.dumps(conf, sort_keys=True)
     if key not in _ENGINES:
-        from lib.configs.sam2_3d import engine_from_conf
+        from lib.engine.build import engine_from_conf
 
         torch.manual_seed(seed)
         _ENGINES[key] = engine_from_conf(conf)

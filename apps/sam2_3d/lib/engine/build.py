@@ -1,0 +1,59 @@
+"""The engine built from the server's string options (``--conf name value``), without monailabel: the
+app's config, the evaluation, the benchmarks and the GPU benchmark (which runs where only torch, numpy
+and pillow are installed) all build it here."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .checkpoints import CheckpointCorrupt, resolve_checkpoint
+from .engine import Sam2VolumeEngine
+from .model import RANDOM_WEIGHTS_WARNING, build_predictor
+
+logger = logging.getLogger(__name__)
+
+
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
+    """Build the engine from string options; shared by the app, the evaluation and the benchmark."""
+    random_weights = _flag(conf.get("random_weights", "false"))
+    ckpt = resolve_checkpoint(conf.get("checkpoint"), random_weights=random_weights, config=conf.get("config"),
+                              verify=_flag(conf.get("verify", "false")))
+    device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = conf.get("dtype") or ("bfloat16" if device.startswith("cuda") else None)
+    image_size = int(conf["image_size"]) if conf.get("image_size") else None
+    if random_weights:
+        # Random weights are drawn from a fixed seed so that tests, benchmarks and distributed
+        # evaluation workers all build the same untrained network.
+        torch.manual_seed(int(conf.get("seed", 0)))
+    try:
+        predictor = build_predictor(ckpt, device=device, image_size=image_size)
+    except Exception as e:  # torch.load of a damaged file raises almost anything (IndexError, UnpicklingError ...)
+        if not ckpt.path:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointCorrupt(
+            f"SAM 2 checkpoint {ckpt.path} does not load as {ckpt.config}: {type(e).__name__}: {first[:300]}"
+        ) from e
+    name = ckpt.name + (" (RANDOM WEIGHTS)" if random_weights else "")
+    logger.info(f"SAM 2 engine: {name}, config {ckpt.config}, image size {predictor.image_size}, device {device}")
+    if random_weights:
+        logger.warning(RANDOM_WEIGHTS_WARNING)
+    return Sam2VolumeEngine(
+        predictor,
+        device=device,
+        dtype=dtype,
+        max_sessions=int(conf.get("max_sessions", 8)),
+        max_session_bytes=int(float(conf.get("max_session_gb", 4.0)) * (1 << 30)),
+        max_volumes=int(conf.get("max_volumes", 4)),
+        feature_cache_bytes=int(float(conf.get("feature_cache_gb", 2.0)) * (1 << 30)),
+        feature_batch_size=int(conf.get("feature_batch_size", 8 if device.startswith("cuda") else 1)),
+        random_weights=random_weights,
+        checkpoint_name=ckpt.name,
+        offload_state_above=int(conf.get("offload_state_above", 256)),
+    )
