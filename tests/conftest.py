@@ -92,7 +92,7 @@ class Server:
         for k, v in conf.items():
             args += ["--conf", k, v]
         environ = dict(os.environ)
-        environ.update({"MONAI_LABEL_SESSION_PATH": os.path.join(workdir, "sessions")})
+        environ.update({"MONAI_LABEL_SESSION_PATH": os.path.join(workdir, "sessions"), "PYTHONUNBUFFERED": "1"})
         environ.update(env or {})
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=environ, cwd=workdir)

@@ -227,6 +227,18 @@ def test_session_correction_keeps_state(server):
     assert third["prompted_slices"] == [k + 1]  # switching label starts from fresh prompts
 
 
+def test_the_model_is_built_and_run_on_one_torch_thread(server):
+    """lib/engine/torch_thread.py: CPU inference in another thread than the model's build ran 1.7-2.5x
+    slower (libgomp throttles once several threads run torch). The server log names each line's thread."""
+    multipart(infer(server, "sam2_point", IMAGE, slicer_params(foreground=[[30, 27, 25]], start_slice=24,
+                                                               end_slice=26, client_id="which-thread")))
+    log = open(server.log_path).read().splitlines()
+    built = [line for line in log if "(lib.engine.build" in line and "SAM 2 engine:" in line]
+    ran = [line for line in log if "(lib.infers.sam2_infer" in line and "changed slices" in line]
+    assert built and ran
+    assert all("[sam2-torch" in line for line in built + ran), [l[:120] for l in built + ran if "[sam2-torch" not in l]
+
+
 def test_slicer_local_volume_through_a_session(server, tmp_path):
     src = shared("pyradiomics_brain", "image.nrrd")
     with open(src, "rb") as f:

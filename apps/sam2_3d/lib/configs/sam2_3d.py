@@ -25,6 +25,7 @@ import os
 
 from monailabel.interfaces.config import TaskConfig
 
+from lib.engine import torch_thread
 from lib.engine.build import engine_from_conf
 from lib.engine.weights import attach as attach_versions
 from lib.infers.sam2_infer import Sam2InferTask
@@ -39,10 +40,10 @@ class Sam2Config(TaskConfig):
     def init(self, name: str, model_dir: str, conf: dict, planner, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.labels = [s.strip() for s in str(conf.get("labels", "object")).split(",") if s.strip()] or ["object"]
-        self.engine = engine_from_conf(conf)
+        self.engine = torch_thread.run(engine_from_conf, conf)  # built where every request will run
         self.datastore = kwargs.get("datastore")
         self.versions_dir = conf.get("model_dir") or os.path.join(model_dir, "model")
-        attach_versions(self.engine, self.versions_dir, conf.get("finetuned"))
+        torch_thread.run(attach_versions, self.engine, self.versions_dir, conf.get("finetuned"))  # loads weights
 
     def infer(self):
         return {name: Sam2InferTask(self.engine, kind, self.labels, self.datastore) for name, kind in TASKS.items()}

@@ -14,6 +14,7 @@ import logging
 
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.engine import torch_thread
 from lib.engine.weights import list_versions, manager_of, summary, versions_root, weights_in_use
 from lib.training.params import config_defaults, parse
 from lib.training.run import read_progress, train
@@ -46,4 +47,4 @@ class Sam2FinetuneTask(TrainTask):
     def __call__(self, request, datastore):
         params = parse(request)  # the endpoint already answered 422 for bad values; this guards direct calls
         logger.info(f"sam2_finetune: {params.to_dict()}")
-        return train(self.engine, datastore, params, self.model_dir)
+        return torch_thread.run(train, self.engine, datastore, params, self.model_dir)  # where the model was built

@@ -10,14 +10,17 @@ and allow any origin *with credentials* by default. Without forking monailabel:
 * exception handlers: the app's ``EngineInputError`` (4xx with its message) and monailabel's
   ``ImageNotFoundException`` / ``LabelNotFoundException`` (404) instead of 500;
 * auth: monailabel's token check, fixed for PyJWT 2 (``auth.py``);
-* CORS: origins from ``MONAI_LABEL_CORS_ORIGINS`` (monailabel's own setting) are honoured with
-  credentials; without it any origin may call, but never with credentials (cookies or HTTP auth).
+* CORS: origins from ``SAM2_3D_CORS_ORIGINS`` (comma-separated) are honoured with credentials; without
+  it any origin may call, but never with credentials (cookies or HTTP auth).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+from functools import partial
 from typing import List, Optional
 
 from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
@@ -37,6 +40,7 @@ from monailabel.interfaces.utils.app import app_instance
 
 from ..datastore.label_checks import label_extension
 from ..datastore.names import check_name
+from ..engine import torch_thread
 from ..engine.errors import EngineInputError, ImageNotFound
 from ..infers.request_checks import check_http_infer, parse_params
 
@@ -47,13 +51,16 @@ def _http(e: EngineInputError) -> HTTPException:
     return HTTPException(status_code=e.status_code, detail=str(e))
 
 
-async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args):
-    """Run a monailabel endpoint function off the event loop; on failure remove its temp files.
+async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args, executor=None):
+    """Run a monailabel endpoint function off the event loop (in ``executor``, else a worker thread);
+    on failure remove its temp files.
 
     monailabel queues the removal of its temporary copies of the uploads as background tasks, which
     Starlette runs only after a successful answer: a rejected upload would stay in the temp folder.
     """
     try:
+        if executor is not None:
+            return await asyncio.get_running_loop().run_in_executor(executor, partial(func, background_tasks, *args))
         return await run_in_threadpool(func, background_tasks, *args)
     except BaseException:
         for task in background_tasks.tasks:
@@ -87,8 +94,10 @@ async def infer(
             raise ImageNotFound(f"session {session_id!r} is unknown or has expired: upload the image again (PUT /session/)")
     except EngineInputError as e:
         raise _http(e) from e
+    # on the torch thread (lib/engine/torch_thread.py): the thread the model was built on runs it fastest
     return await _in_thread_cleaning_up(
-        background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output
+        background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output,
+        executor=torch_thread.executor(),
     )
 
 
@@ -174,6 +183,18 @@ def cors_middleware(origins: List[str]) -> Middleware:
                       allow_methods=["*"], allow_headers=["*"])
 
 
+CORS_ENV = "SAM2_3D_CORS_ORIGINS"
+
+
+def cors_origins() -> list[str]:
+    """Origins allowed to call with credentials: ``SAM2_3D_CORS_ORIGINS`` (comma-separated), else
+    monailabel's ``MONAI_LABEL_CORS_ORIGINS``. The latter cannot actually be set for ``monailabel
+    start_server`` 0.8.5: its start-up JSON-dumps the parsed URLs and exits with "Object of type AnyHttpUrl
+    is not JSON serializable" (tests/test_auth.py runs the server with ours)."""
+    ours = [o.strip().rstrip("/") for o in os.environ.get(CORS_ENV, "").split(",") if o.strip()]
+    return ours or [str(o).rstrip("/") for o in settings.MONAI_LABEL_CORS_ORIGINS or []]
+
+
 def install(web_app) -> None:
     prefix = settings.MONAI_LABEL_API_STR
     routes = web_app.router.routes
@@ -187,7 +208,7 @@ def install(web_app) -> None:
     web_app.exception_handlers[EngineInputError] = _engine_input_error
     web_app.exception_handlers[ImageNotFoundException] = _not_found
     web_app.exception_handlers[LabelNotFoundException] = _not_found
-    origins = [str(o) for o in settings.MONAI_LABEL_CORS_ORIGINS or []]
+    origins = cors_origins()
     web_app.user_middleware = [m for m in web_app.user_middleware if m.cls is not CORSMiddleware]
     web_app.user_middleware.insert(0, cors_middleware(origins))
     # Starlette builds its middleware stack once, before start-up; rebuild it with the above.

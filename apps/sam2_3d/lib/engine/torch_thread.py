@@ -1,0 +1,35 @@
+"""The one thread that makes every torch call of a server process: the model's build, inference, training.
+
+PyTorch's CPU build on Linux runs its ops on libgomp (GNU OpenMP). Each thread that runs torch ops gets an
+OpenMP team of its own, and once the teams together hold more threads than there are CPUs, libgomp
+throttles its threads' spin-wait between parallel regions, so every op pays a sleep and a wake-up. In
+the server the model was built on the main thread and requests ran in monailabel's worker threads: on a
+2-core machine a propagation ran about twice as slow as the same call on the thread that built the model
+(``benchmarks/bench_torch_thread.py``: 30 slices at 256 px, warm, 2.0 s on the building thread, 3.6-4.5 s
+in another, 2.1 s in a thread that built its own model). Everything of the engine therefore runs here: a
+request waits for this thread, as it waited for the engine's lock before.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+NAME = "sam2-torch"
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=NAME)
+
+
+def on_torch_thread() -> bool:
+    return threading.current_thread().name.startswith(NAME)
+
+
+def run(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the torch thread, waiting for its result (called there: directly)."""
+    if on_torch_thread():
+        return fn(*args, **kwargs)
+    return _executor.submit(fn, *args, **kwargs).result()
+
+
+def executor() -> ThreadPoolExecutor:
+    """For ``loop.run_in_executor``: an async endpoint awaits the torch thread without blocking the loop."""
+    return _executor
