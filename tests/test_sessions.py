@@ -291,7 +291,7 @@ def test_host_copies_in_groups_give_the_answer_and_state_of_copies_per_slice(eng
     absent_on.update({27, 28, 29, 21, 20})
 
     def session_run(group):
-        monkeypatch.setattr(tracking, "SYNC_EVERY", group)
+        monkeypatch.setattr(tracking, "SYNC_EVERY", {"cpu": group, "cuda": group})  # the GPU's grouping, on the CPU
         s = new_session(engine, volume_path)
         s.update_prompts(points={24: [click(s, 0.5, 0.5)]})
         full = s.propagate(18, 31, auto_stop=2)

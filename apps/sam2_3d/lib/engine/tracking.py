@@ -39,8 +39,9 @@ OBJ_ID = 1  # one SAM 2 object per label state
 REJOIN_SLICES = 2
 REJOIN_IOU = 0.98
 # A full pass brings masks and scores to the host this many slices at a time when it may auto-stop
-# (without auto-stop: once per direction).
-SYNC_EVERY = 8
+# (without auto-stop: once per direction). On a CPU there is no device to wait for, and every slice
+# tracked past a stop would be work thrown away: one at a time.
+SYNC_EVERY = {"cuda": 8, "cpu": 1}
 
 
 @dataclass
@@ -205,11 +206,12 @@ class LabelTrack:
             # stop are forgotten, which leaves the state and the answer a stop on the very slice would leave.
             pending: list[tuple[int, torch.Tensor]] = []
             run = {"absent": 0}
+            group = SYNC_EVERY.get(torch.device(self.engine.device).type, 1)
             for k, _, masks in predictor.propagate_in_video(
                 self.state, start_frame_idx=anchor, max_frame_num_to_track=span, reverse=reverse
             ):
                 pending.append((k, masks[0, 0] > 0))
-                if auto_stop and len(pending) >= SYNC_EVERY:
+                if auto_stop and len(pending) >= group:
                     stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
                     pending = []
                     if stop is not None:
