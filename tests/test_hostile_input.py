@@ -363,3 +363,26 @@ def test_generated_ids_never_get_a_5xx_or_escape(hserver, name):
         resp = requests.request(method, hserver.url + path, params=query, timeout=30)
         assert resp.status_code < 500, (method, path, name, resp.text)
     assert (hserver.root / "outside.txt").exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.one_of(st.text(max_size=30), params_strategy.map(_dump)), field=st.sampled_from(["params", "info"]),
+       endpoint=st.sampled_from(["label", "image/info", "label/info"]))
+def test_generated_saves_and_infos_never_get_a_5xx_or_change_the_datastore(hserver, tmp_path_factory, raw, field, endpoint):
+    """Label saves (a valid label file, generated ``params``) and image/label info updates (generated
+    ``info``): never a 5xx; what is refused leaves the datastore as it was."""
+    COUNTS["requests"] += 1
+    before = datastore_state(hserver)
+    if endpoint == "label":
+        good = write_label_like(hserver.image, tmp_path_factory.mktemp("gen") / "l.nii.gz")
+        with open(good, "rb") as f:
+            resp = requests.put(f"{hserver.url}/datastore/label", params={"image": TINY, "tag": "generated"},
+                                files={"label": ("l.nii.gz", f)}, data={"params": raw}, timeout=60)
+    else:
+        query = {"image": TINY} if endpoint == "image/info" else {"label": TINY, "tag": "final"}
+        resp = requests.put(f"{hserver.url}/datastore/{endpoint}", params=query, data={field: raw}, timeout=30)
+    assert resp.status_code < 500, (endpoint, field, raw, resp.text)
+    if resp.status_code >= 400:
+        assert resp.json().get("detail"), resp.text
+        assert datastore_state(hserver) == before
+    assert healthy(hserver.url)
