@@ -110,8 +110,16 @@ def record_confidence(datastore: Datastore, image_id: str, model: str, slice_sco
 
 
 def strategies(app) -> dict:
-    from lib.engine.weights import weights_in_use
+    from lib.engine import torch_thread
+    from lib.engine.weights import ensure_weights, weights_in_use
 
     engine = app.model_config.engine
+
+    def wanted_weights() -> str:
+        # the weights the next infer request will use: a version trained since the last request counts
+        # now, so the scores its predecessor recorded rank as stale at once
+        torch_thread.run(ensure_weights, engine)
+        return weights_in_use(engine)
+
     return {"random": Random(), "first": First(),
-            "sam2_low_confidence": LowestSam2Confidence(weights_in_use=lambda: weights_in_use(engine))}
+            "sam2_low_confidence": LowestSam2Confidence(weights_in_use=wanted_weights)}
