@@ -42,10 +42,9 @@ class Volume:
         self.key = key
         self.image = image
         self.geometry = SliceGeometry.of_array(array_kji, axis)
-        array = array_kji
-        self.preset = intensity.resolve(preset, array)
+        self.preset = intensity.resolve(preset, array_kji)
         # [frames, H, W] along the axis (a per-slice preset works per frame); the image is not modified.
-        self.slices_u8 = intensity.to_uint8(self.geometry.to_frames(array), self.preset)
+        self.slices_u8 = intensity.to_uint8(self.geometry.to_frames(array_kji), self.preset)
         self.frames = SliceFrames(self.slices_u8, image_size)
 
 
@@ -98,35 +97,32 @@ class Sam2VolumeEngine:
 
     def volume(self, image_path: str, preset: intensity.IntensityPreset, axis: str = "k") -> Volume:
         key = volume_key(image_path)
-        with self.lock:
-            cache_key = (key, preset, axis)
-            vol = self._volumes.get(cache_key)
-            if vol is None:
-                image = read_image(image_path)
-                vol = self._keep(cache_key, Volume(key + (preset.key, axis), volume_array(image), preset,
-                                                   self.image_size, axis, image))
-            self._volumes.move_to_end(cache_key)
-            return vol
+
+        def make():
+            image = read_image(image_path)
+            return Volume(key + (preset.key, axis), volume_array(image), preset, self.image_size, axis, image)
+
+        return self._volume((key, preset, axis), make)
 
     def volume_of_array(self, name: str, array_kji: np.ndarray, preset: intensity.IntensityPreset,
                         axis: str = "k") -> Volume:
         """A volume held in memory only (no file), known by ``name``: same frames, features and sessions
         as a file's. The caller keeps ``array_kji`` unchanged while the volume is in use."""
-        cache_key = (("<array>", name, array_kji.shape, str(array_kji.dtype)), preset, axis)
+        key = ("<array>", name, array_kji.shape, str(array_kji.dtype))
+        return self._volume((key, preset, axis),
+                            lambda: Volume(key + (preset.key, axis), array_kji, preset, self.image_size, axis))
+
+    def _volume(self, cache_key, make) -> Volume:
+        """The cached volume of ``cache_key``, made by ``make()`` on a miss; least recently used evicted."""
         with self.lock:
             vol = self._volumes.get(cache_key)
             if vol is None:
-                vol = self._keep(cache_key, Volume(cache_key[0] + (preset.key, axis), array_kji, preset,
-                                                   self.image_size, axis))
+                vol = self._volumes[cache_key] = make()
+                while len(self._volumes) > self.max_volumes:
+                    _, old = self._volumes.popitem(last=False)
+                    self._forget_volume(old)
             self._volumes.move_to_end(cache_key)
             return vol
-
-    def _keep(self, cache_key, vol: Volume) -> Volume:
-        self._volumes[cache_key] = vol
-        while len(self._volumes) > self.max_volumes:
-            _, old = self._volumes.popitem(last=False)
-            self._forget_volume(old)
-        return vol
 
     def open(self, image_path: str, client_id: str = "", preset=None, mode: str = "3d", axis: str = "k") -> Session:
         preset = preset or intensity.IntensityPreset("auto")

@@ -127,10 +127,10 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, spacing_kji, tolerance_mm: float,
     return out
 
 
+SHEN_KINDS = ("shen_mask", "shen_clicks", "shen_whole")
+SHEN_METRIC = "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video"
 PAPER_METRICS = {
-    "shen_mask": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
-    "shen_clicks": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
-    "shen_whole": "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video",
+    **{kind: SHEN_METRIC for kind in SHEN_KINDS},
     "medsam2_box": "pooled Dice (DSC) + surfel NSD at --nsd-tolerance mm over the volume",
     "gutierrez_lung": "Dice and Jaccard averaged over the slices holding the object (no NSD)",
 }
@@ -140,7 +140,7 @@ def paper_metrics(kind: str | None, p: np.ndarray, g: np.ndarray, m: dict) -> di
     """The numbers the protocol's reference code prints, named by what they are."""
     if kind not in PAPER_METRICS:
         return None
-    if kind in ("shen_mask", "shen_clicks", "shen_whole"):
+    if kind in SHEN_KINDS:
         dice, nsd_v = m["dice_pooled"], nsd_shen_reference(p, g)
     elif kind == "medsam2_box":
         dice, nsd_v = m["dice_pooled"], m["nsd_surfel"]

@@ -185,17 +185,21 @@ def _shen_video(gt: np.ndarray) -> tuple[int, int]:
     return video
 
 
-def _shen_mask(spec, session, gt, **_) -> ProtocolRun:
+def _mask_on_video(session, gt, video: tuple[int, int], info: dict) -> ProtocolRun:
     """segment_any_image.py: the ground truth of the video's middle frame, propagated within the video."""
-    video = _shen_video(gt)
     anchor = P.shen_central(video)
     steps = [{"k": anchor, "verb": "set_prompts", "kind": "mask", "source": "ground truth of slice k"}]
     mask, processed = execute(session, gt, steps, video)
-    return ProtocolRun(mask, steps, video, anchor, processed, 0.0, scored=video, info={"video": list(video)})
+    return ProtocolRun(mask, steps, video, anchor, processed, 0.0, scored=video, info={"video": list(video), **info})
+
+
+def _shen_mask(spec, session, gt, **_) -> ProtocolRun:
+    """The salient video (``--threshold 256``, the reference's default)."""
+    return _mask_on_video(session, gt, _shen_video(gt), {})
 
 
 def _shen_whole(spec, session, gt, seed=0, **_) -> ProtocolRun:
-    """segment_any_image.py on the ``--threshold 0`` video (the whole object, a random margin each side)."""
+    """The ``--threshold 0`` video (the whole object, a random margin each side)."""
     whole = P.shen_whole_video(gt, seed)
     if whole is None:
         raise Skip("no video: the object is absent")
@@ -203,10 +207,7 @@ def _shen_whole(spec, session, gt, seed=0, **_) -> ProtocolRun:
     anchor = P.shen_central(video)
     if not gt[anchor].any():
         raise Skip(f"the video's middle frame {anchor} holds no ground truth: no mask prompt can be given")
-    steps = [{"k": anchor, "verb": "set_prompts", "kind": "mask", "source": "ground truth of slice k"}]
-    mask, processed = execute(session, gt, steps, video)
-    return ProtocolRun(mask, steps, video, anchor, processed, 0.0, scored=video,
-                       info={"video": list(video), "margins": list(margins)})
+    return _mask_on_video(session, gt, video, {"margins": list(margins)})
 
 
 def _shen_clicks(spec, session, gt, **_) -> ProtocolRun:
