@@ -194,16 +194,49 @@ def frame_timings(engine, frames: SliceFrames, device: str, n: int = 32) -> dict
             "encoder_ms_per_slice": 1000 * enc.seconds / (3 * len(batches[0])), "encoder_batch": len(batches[0])}
 
 
+CACHED_START = """
+import json, sys, time
+sys.path.insert(0, {app!r})
+t0 = time.perf_counter()
+from lib.engine.build import engine_from_conf
+from lib.engine.compiled import compile_engine
+engine = engine_from_conf(json.loads({conf!r}))
+built = time.perf_counter() - t0
+figures = compile_engine(engine, {mode!r}, {cache!r})
+print(json.dumps({{"build_s": built, "ready_s": time.perf_counter() - t0, **figures}}))
+"""
+
+
+def cached_start(conf: dict, mode: str, cache: str) -> dict:
+    """A second process starting like the server with ``--conf compile true``: what it costs with the
+    first start's compiled code on disk."""
+    import subprocess
+
+    code = CACHED_START.format(app=os.path.join(REPO, "apps", "sam2_3d"), conf=json.dumps(conf), mode=mode, cache=cache)
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if child.returncode != 0:
+        raise RuntimeError(f"cached compile start failed: {child.stderr[-2000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
 def bench_model(model: str, a, volume: np.ndarray, warmup: np.ndarray) -> dict:
     conf = {"checkpoint": f"sam2.1_hiera_{model}", "random_weights": "true", "device": a.device,
             "image_size": str(a.image_size), "feature_batch_size": str(a.feature_batch_size)}
-    engine = engine_from_conf(conf)
     device = a.device
+    with Clock(device) as start:
+        engine = engine_from_conf(conf)
+        if a.compile:  # what --conf compile true runs at start-up (called directly so a CPU check runs it too)
+            from lib.engine.compiled import compile_engine
+
+            cache = a.compile_cache or tempfile.mkdtemp(prefix="bench-gpu-compile-")
+            compiled = compile_engine(engine, a.compile, cache)
     n = volume.shape[0]
     k = a.click_slice if a.click_slice >= 0 else n // 2
     xy = click_of(volume, k)
     prompt = SlicePrompt(points=(xy,), labels=(1,))
-    out: dict = {"model": model, "slices": n, "click_slice": k, "click_xy": list(xy)}
+    out: dict = {"model": model, "slices": n, "click_slice": k, "click_xy": list(xy), "start_s": start.seconds}
+    if a.compile:
+        out["compile"] = {"cold": compiled, "cached": cached_start(conf, a.compile, cache)}
 
     # warm-up: one whole request on another volume (kernels, allocator, cuDNN autotune)
     w = engine.open_array("warmup", warmup, "warmup", PRESET)
@@ -267,6 +300,15 @@ def bench_model(model: str, a, volume: np.ndarray, warmup: np.ndarray) -> dict:
     out["dice_vs_stock_same_frames"] = dice(ours_mask, stock_mask)
     out["voxels_equal_vs_stock"] = float((ours_mask == stock_mask).mean())
     del stock, state
+    if a.compile:  # the eager engine (same weights) on the same GPU: what compiling changed in the masks
+        eager = engine_from_conf(conf)
+        s6 = eager.open_array("volume", volume, "eager", PRESET)
+        s6.set_prompts({k: prompt})
+        eager_mask = s6.propagate(0, n - 1, auto_stop=0).mask
+        out["dice_vs_eager"] = dice(ours_mask, eager_mask)
+        out["voxels_equal_vs_eager"] = float((ours_mask == eager_mask).mean())
+        out["compiled_calls"] = {f"{m}/{how}": c for (m, how), c in engine.predictor.compiled_calls.items()}
+        del eager, s6
 
     if a.long_slices and model == a.models[0]:
         long_vol = synthetic_kji(a.long_slices, a.long_size)
@@ -296,7 +338,8 @@ def render(a, results: list[dict], meta: dict) -> str:
              f"Device: {meta['device_name']}; torch {meta['torch']}; Python {meta['python']}; "
              f"{meta['cpus']} CPUs; autocast {meta['autocast']}",
              f"Volume: {meta['volume']} ({meta['shape']}), SAM 2.1 RANDOM weights at {a.image_size} px, "
-             f"feature batch {a.feature_batch_size}; medians of {a.runs} runs after one warm-up request.", "",
+             f"feature batch {a.feature_batch_size}; medians of {a.runs} runs after one warm-up request; "
+             f"{'torch.compile ' + a.compile if a.compile else 'eager (no torch.compile)'}.", "",
              "| | " + " | ".join(r["model"] for r in results) + " |", "|---|" + "---|" * len(results)]
 
     def row(name, fn):
@@ -320,6 +363,15 @@ def render(a, results: list[dict], meta: dict) -> str:
         lambda r: f"{med(r['first_s']) / med(b['total_s'] for b in r['builtin']):.2f}")
     row("Dice vs stock SAM 2 on the same frames", lambda r: f"{r['dice_vs_stock_same_frames']:.4f} "
         f"({100 * r['voxels_equal_vs_stock']:.2f} % voxels equal)")
+    row("engine start (build + compile warm-up), s", lambda r: f"{r['start_s']:.1f}")
+    if a.compile:
+        row(f"torch.compile ({a.compile}) warm-up: cold / next start from the disk cache, s",
+            lambda r: f"{r['compile']['cold']['warm_up_s']:.1f} / {r['compile']['cached']['warm_up_s']:.1f} "
+            f"({r['compile']['cached']['fxgraph_cache_hit']} graphs from disk, "
+            f"{r['compile']['cached']['fxgraph_cache_miss']} compiled)")
+        row("next start until ready (build + warm-up), s", lambda r: f"{r['compile']['cached']['ready_s']:.1f}")
+        row("Dice vs the eager engine on the same device", lambda r: f"{r['dice_vs_eager']:.4f} "
+            f"({100 * r['voxels_equal_vs_eager']:.2f} % voxels equal)")
     for r in results:
         if "long" in r:
             lg = r["long"]
@@ -344,6 +396,10 @@ def main():
     ap.add_argument("--long-slices", type=int, default=600, help="N of the 512x512xN long volume (0: skip)")
     ap.add_argument("--long-size", type=int, default=512)
     ap.add_argument("--slices", type=int, default=0, help="use only this many slices around the click (0: all)")
+    ap.add_argument("--compile", default="", metavar="MODE",
+                    help="compile as --conf compile true does, in this torch.compile mode (reduce-overhead, "
+                         "default, max-autotune-no-cudagraphs); compares with the eager engine and times a cached start")
+    ap.add_argument("--compile-cache", default="", help="compile cache folder (default: a new, empty one)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
@@ -357,9 +413,6 @@ def main():
         volume = np.ascontiguousarray(volume[lo:lo + a.slices])
         a.click_slice = c - lo
     warmup = synthetic_kji(min(16, volume.shape[0]), size=volume.shape[1], seed=1)
-    if str(a.device).startswith("cuda") and torch.cuda.get_device_properties(0).major >= 8:
-        torch.backends.cuda.matmul.allow_tf32 = True  # as SAM 2's demos and the built-in task set them
-        torch.backends.cudnn.allow_tf32 = True
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "python": platform.python_version(),
             "device_name": torch.cuda.get_device_name(0) if str(a.device).startswith("cuda") else f"CPU ({platform.processor() or platform.machine()})",
             "cpus": os.cpu_count(), "autocast": "bf16" if str(a.device).startswith("cuda") else "none (fp32)",

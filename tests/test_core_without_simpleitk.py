@@ -54,15 +54,16 @@ assert "SimpleITK" not in sys.modules or sys.modules["SimpleITK"] is None
 
 
 def test_the_gpu_benchmark_runs_its_whole_course_on_a_cpu(tmp_path):
-    """benchmarks/bench_gpu.py end to end at toy size on the CPU, SimpleITK and monailabel absent: every
-    figure of its table is produced (the GPU run is the same code with --device cuda)."""
+    """benchmarks/bench_gpu.py end to end at toy size on the CPU, SimpleITK and monailabel absent, with
+    --compile: every figure of its table is produced (the GPU run is the same code with --device cuda)."""
     report = tmp_path / "gpu.md"
     volume = shared("brats2013", "pat0001", "flair.nii.gz")
     code = f"""
 import runpy
 sys.argv = ["bench_gpu.py", "--device", "cpu", "--model", "tiny", "--image-size", "128", "--runs", "1",
             "--volume", {volume!r}, "--slices", "6", "--click-slice", "65", "--long-slices", "6",
-            "--long-size", "64", "--feature-batch-size", "1", "--out", {str(report)!r}]
+            "--long-size", "64", "--feature-batch-size", "1", "--compile", "reduce-overhead",
+            "--compile-cache", {str(tmp_path / "cache")!r}, "--out", {str(report)!r}]
 runpy.run_path("benchmarks/bench_gpu.py", run_name="__main__")
 """
     child = _child(code, timeout=900)
@@ -79,3 +80,8 @@ runpy.run_path("benchmarks/bench_gpu.py", run_name="__main__")
     assert r["dice_vs_stock_same_frames"] == 1.0 and r["voxels_equal_vs_stock"] == 1.0
     assert r["long"]["shape"] == [6, 64, 64] and r["long"]["peak_gpu_gb"] is None
     assert "first propagation (new volume)" in text and "stock JPEG-folder pipeline" in text
+    # --compile: the server's start-up compile, a second start from its disk cache, agreement with eager
+    assert r["compile"]["cold"]["fxgraph_cache_miss"] > 0
+    assert r["compile"]["cached"]["fxgraph_cache_miss"] == 0 and r["compile"]["cached"]["fxgraph_cache_hit"] > 0
+    assert r["dice_vs_eager"] >= 0.999 and r["compiled_calls"]["memory_attention/compiled"] > 0
+    assert "next start from the disk cache" in text

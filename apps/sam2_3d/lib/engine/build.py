@@ -27,6 +27,10 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
     device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = conf.get("dtype") or ("bfloat16" if device.startswith("cuda") else None)
     image_size = int(conf["image_size"]) if conf.get("image_size") else None
+    if device.startswith("cuda") and torch.cuda.get_device_properties(torch.device(device)).major >= 8:
+        # TF32 for what runs outside bf16 autocast, as SAM 2's demos and MONAI Label's built-in task set it
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if random_weights:
         # Random weights are drawn from a fixed seed so that tests, benchmarks and distributed
         # evaluation workers all build the same untrained network.
@@ -44,7 +48,7 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
     logger.info(f"SAM 2 engine: {name}, config {ckpt.config}, image size {predictor.image_size}, device {device}")
     if random_weights:
         logger.warning(RANDOM_WEIGHTS_WARNING)
-    return Sam2VolumeEngine(
+    engine = Sam2VolumeEngine(
         predictor,
         device=device,
         dtype=dtype,
@@ -57,3 +61,11 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         checkpoint_name=ckpt.name,
         offload_state_above=int(conf.get("offload_state_above", 256)),
     )
+    if _flag(conf.get("compile", "false")):
+        if device.startswith("cuda"):
+            from .compiled import DEFAULT_MODE, compile_engine
+
+            engine.compiled = compile_engine(engine, conf.get("compile_mode") or DEFAULT_MODE, conf.get("compile_cache"))
+        else:
+            logger.warning(f"--conf compile true applies to CUDA only: on {device} SAM 2 runs eagerly, as without it")
+    return engine

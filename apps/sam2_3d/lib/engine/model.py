@@ -130,7 +130,10 @@ class VolumeFeatures:
             out = self.model.forward_image(batch)
         self.frames_encoded += len(indices)
         if self.cache.pos_enc is None:
-            self.cache.pos_enc = [p[:1].clone() for p in out["vision_pos_enc"]]
+            # Contiguous whatever SAM 2 returns: its position encoding comes permuted on the first call of
+            # a process and contiguous from its cache after, and a compiled memory attention would be
+            # recompiled for the other layout (the values, all we use them for, are the same).
+            self.cache.pos_enc = [p[:1].clone(memory_format=torch.contiguous_format) for p in out["vision_pos_enc"]]
         for n, k in enumerate(indices):
             fpn = [f[n : n + 1].clone() if len(indices) > 1 else f for f in out["backbone_fpn"]]
             self.cache.put((self.volume_key, k), fpn)

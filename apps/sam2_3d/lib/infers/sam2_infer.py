@@ -84,6 +84,7 @@ class Sam2InferTask(InferTask):
         info = super().info()
         info["checkpoint"] = self.engine.checkpoint_name
         info["random_weights"] = self.engine.random_weights
+        info["compiled"] = self.engine.compiled
         return info
 
     def is_valid(self) -> bool:
