@@ -183,15 +183,29 @@ def frame_timings(engine, frames: SliceFrames, device: str, n: int = 32) -> dict
     with Clock(device) as dev:
         for b in batches:
             frames.batch(b, device)
-    batch = frames.batch(batches[0], device)
-    with torch.inference_mode(), engine.autocast():
-        engine.predictor.forward_image(batch)
-        with Clock(device) as enc:
-            for _ in range(3):
-                engine.predictor.forward_image(batch)
+    by_batch = {}  # the image encoder at each batch size: what choosing feature_batch_size needs
+    for size in sorted({1, 2, 4, 8, 16, bs} & set(range(1, len(ks) + 1))):
+        batch = frames.batch(ks[:size], device)
+        with torch.inference_mode(), engine.autocast():
+            engine.predictor.forward_image(batch)
+            with Clock(device) as enc:
+                for _ in range(3):
+                    engine.predictor.forward_image(batch)
+        by_batch[size] = 1000 * enc.seconds / (3 * size)
     return {"frames_cpu_ms_per_slice": 1000 * cpu.seconds / len(ks),
             "frames_batched_ms_per_slice": 1000 * dev.seconds / len(ks),
-            "encoder_ms_per_slice": 1000 * enc.seconds / (3 * len(batches[0])), "encoder_batch": len(batches[0])}
+            "encoder_ms_per_slice": by_batch[len(batches[0])], "encoder_batch": len(batches[0]),
+            "encoder_ms_per_slice_by_batch": by_batch}
+
+
+def feature_figures(engine) -> dict:
+    """What one slice's cached image features hold (their dtype is the encoder's output under autocast)."""
+    cache = engine.feature_cache
+    item = cache.any_item()
+    if item is None:
+        return {}
+    return {"dtype": str(item[0].dtype).replace("torch.", ""), "levels": [list(f.shape) for f in item],
+            "mb_per_slice": cache.nbytes / len(cache) / 2**20}
 
 
 CACHED_START = """
@@ -264,6 +278,7 @@ def bench_model(model: str, a, volume: np.ndarray, warmup: np.ndarray) -> dict:
         cached.append(c.seconds)
         assert again.frames_encoded == 0, "features were not cached"
     out["cached_s"] = cached
+    out["features"] = feature_figures(engine)
     out["bare_loop_s"] = [bare_loop(engine, s2, k, xy, device) for _ in range(a.runs)]
     out.update(frame_timings(engine, s2.volume.frames, device))
 
@@ -354,6 +369,10 @@ def render(a, results: list[dict], meta: dict) -> str:
     row("frames on the CPU, one at a time (ms/slice)", lambda r: f"{r['frames_cpu_ms_per_slice']:.1f}")
     row("frames batched, normalised on the device (ms/slice)", lambda r: f"{r['frames_batched_ms_per_slice']:.1f}")
     row("image encoder (ms/slice)", lambda r: f"{r['encoder_ms_per_slice']:.1f} at batch {r['encoder_batch']}")
+    row("image encoder by batch size (ms/slice)", lambda r: ", ".join(
+        f"{b}: {ms:.1f}" for b, ms in r["encoder_ms_per_slice_by_batch"].items()))
+    row("cached features per slice", lambda r: f"{r['features']['mb_per_slice']:.1f} MB {r['features']['dtype']}"
+        if r.get("features") else "-")
     row("correction click, incremental (s)", lambda r: f"{med(r['correction_s']):.3f} ({r['correction']['how']}, "
         f"{r['correction']['voxels_changed']} voxels changed)")
     row("2D click (s)", lambda r: f"{med(r['click2d_s']):.4f}")

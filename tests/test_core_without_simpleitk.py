@@ -75,6 +75,7 @@ runpy.run_path("benchmarks/bench_gpu.py", run_name="__main__")
     for key in ("first_s", "cached_s", "bare_loop_s", "correction_s", "click2d_s"):
         assert len(r[key]) >= 1 and all(v > 0 for v in r[key]), key
     assert r["correction"]["how"] == "incremental"
+    assert set(r["encoder_ms_per_slice_by_batch"]) == {"1", "2", "4"} and r["features"]["dtype"] == "float32"
     assert r["builtin"][0]["tracked"] >= 6 and r["builtin"][0]["init_state_s"] > 0
     # on the CPU in fp32 our masks are stock SAM 2's on the same frames, exactly
     assert r["dice_vs_stock_same_frames"] == 1.0 and r["voxels_equal_vs_stock"] == 1.0

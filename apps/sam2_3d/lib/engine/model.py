@@ -85,6 +85,11 @@ class FeatureCache:
             self._bytes = 0
             self.pos_enc = None
 
+    def any_item(self) -> list[torch.Tensor] | None:
+        """One cached frame's features (what a frame's features look like), or None when empty."""
+        with self._lock:
+            return next(iter(self._items.values()), None)
+
     @property
     def nbytes(self) -> int:
         return self._bytes
