@@ -4,7 +4,7 @@ The server compiles on CUDA only; here the very same code (``compiled.compile_en
 where inductor compiles C++ instead of Triton and CUDA graphs do not apply (``reduce-overhead`` without
 them). What it shows: compiled masks equal eager ones exactly on the CPU, a user's requests after the
 start-up warm-up compile nothing, prompted slices and training run eagerly, and a second start reuses the
-first one's compiled code from disk. Speed is the GPU benchmark's business (benchmarks/bench_gpu.py).
+first one's compiled code from disk; and (fault injection) a compiled module that fails falls back to eager. Speed is the GPU benchmark's business (benchmarks/bench_gpu.py).
 
 Each "start" is a child Python (a fresh torch, as a new server process). SAM 2.1 tiny, RANDOM weights.
 """
@@ -122,3 +122,50 @@ def test_compile_true_on_a_cpu_server_runs_eagerly_and_says_so(caplog):
     assert type(engine.predictor) is VolumePredictor
     assert "forward" not in vars(engine.predictor.memory_attention)  # no compiled forward attached
     assert any("applies to CUDA only" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_compiled_module_that_fails_is_called_again_eagerly_and_stays_eager(caplog, tmp_path, monkeypatch):
+    """FAULT INJECTION (a compiler or CUDA-graph failure cannot be provoked on purpose here): the
+    "compiler" hands back the eager functions, except the memory attention's, which raises. The request
+    still gets the eager answer, the failure is logged and shown, and that module is not tried again."""
+    import numpy as np
+
+    from lib.engine import compiled
+    from lib.engine.build import engine_from_conf
+    from lib.engine.prompts import SlicePrompt
+
+    conf = {"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true", "image_size": str(TEST_IMAGE_SIZE),
+            "device": "cpu"}
+    attempts = []
+
+    def injected_compiler(fn, **options):
+        if type(fn.__self__).__name__ != "MemoryAttention":
+            return fn
+
+        def failing(*args, **kwargs):
+            attempts.append(options)
+            raise RuntimeError("injected: CUDA graph replay failed")
+
+        return failing
+
+    volume = compiled.synthetic_volume(9, 72)
+
+    def masks(engine):
+        s = engine.open_array("v", volume, "fault")
+        s.set_prompts({4: SlicePrompt(points=((36.0, 36.0),), labels=(1,))})
+        return s.propagate(0, 8).mask
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after: compile_engine sets it
+    expected = masks(engine_from_conf(conf))
+    engine = engine_from_conf(conf)
+    with caplog.at_level(logging.ERROR, logger="lib.engine.compiled"):
+        engine.compiled = compiled.compile_engine(engine, "default", str(tmp_path), compiler=injected_compiler)
+    np.testing.assert_array_equal(masks(engine), expected)
+    assert len(attempts) == 1 and attempts[0]["dynamic"] is True  # tried once, at the warm-up
+    status = compiled.compile_status(engine)
+    assert list(status["eager_after_failure"]) == ["memory_attention"]
+    assert "injected: CUDA graph replay failed" in status["eager_after_failure"]["memory_attention"]
+    calls = engine.predictor.compiled_calls
+    assert calls["memory_attention", "compiled"] == 0 and calls["memory_attention", "eager"] > 8
+    assert calls["memory_encoder", "compiled"] > 0  # the other modules stay on their compiled path
+    assert any("memory_attention failed; it runs eagerly from now on" in r.getMessage() for r in caplog.records)

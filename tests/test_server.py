@@ -81,6 +81,7 @@ def test_info_lists_models_the_clients_show(server):
         assert model["type"] == "deepgrow", name  # the type Slicer and OHIF show point tools for
         assert model["labels"] and isinstance(model["labels"], list)
         assert model["random_weights"] is True and "RANDOM WEIGHTS" in model["description"]
+        assert model["compiled"] is None  # a CPU server never compiles (tests/test_compile.py)
     assert models["sam2_2d"]["dimension"] == 2 and models["sam2_point"]["dimension"] == 3
 
 

@@ -67,6 +67,7 @@ class CompiledVolumePredictor(VolumePredictor, SAM2VideoPredictorVOS):
 
 
 def _use_cache_dir(cache_dir: str) -> None:
+    cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
     # Read by inductor when it compiles; Triton's kernels go under it too unless TRITON_CACHE_DIR says otherwise.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
@@ -77,19 +78,21 @@ def _use_cache_dir(cache_dir: str) -> None:
     functorch_config.enable_autograd_cache = True
 
 
-def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = None) -> dict:
+def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = None, compiler=torch.compile) -> dict:
     """Compile the engine's tracking modules in place (weights stay shared with eager) and compile their
-    code now, on a synthetic volume, rather than on a user's first request. Returns the warm-up figures."""
-    _use_cache_dir(cache_dir or default_cache_dir())
+    code now, on a synthetic volume, rather than on a user's first request. Returns the warm-up figures.
+    (``compiler`` is there for the tests' fault injection.)"""
+    _use_cache_dir(cache_dir or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
     predictor = engine.predictor
     # SAM 2 makes some constants lazily on its first calls (sine position encodings, RoPE tables); made
     # now, eagerly, they are not traced into a first-call variant that never runs again.
     _exercise(engine)
     predictor.__class__ = CompiledVolumePredictor
     predictor.compiled_calls = Counter()
+    predictor.compile_failures = {}
     for name, dynamic, tracking_only in COMPILED_MODULES:
         module = getattr(predictor, name)
-        compiled = torch.compile(module.forward, mode=mode, fullgraph=True, dynamic=dynamic)
+        compiled = compiler(module.forward, mode=mode, fullgraph=True, dynamic=dynamic)
         module.forward = _gated(predictor, name, compiled, module.forward, tracking_only)
     predictor.compile_mode = mode
     before = compile_counters()
@@ -105,14 +108,37 @@ def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = Non
 
 def _gated(predictor, name: str, compiled, eager, tracking_only: bool):
     """Compiled for inference only: training (autograd on) runs the same module eagerly; the SAM heads
-    also eagerly on prompted slices. ``predictor.compiled_calls`` counts which way each call went."""
+    also eagerly on prompted slices. ``predictor.compiled_calls`` counts which way each call went.
+
+    If the compiled module ever fails (a compiler or CUDA-graph error), the call is made again eagerly
+    (these modules are functions of their inputs) and the module stays eager from then on: compiling
+    may cost speed, never a request. ``predictor.compile_failures`` says which module failed and why."""
+    use_compiled = [compiled]
 
     def forward(*args, **kwargs):
-        use = not torch.is_grad_enabled() and (predictor._tracking_heads or not tracking_only)
-        predictor.compiled_calls[name, "compiled" if use else "eager"] += 1
-        return (compiled if use else eager)(*args, **kwargs)
+        if use_compiled[0] is not None and not torch.is_grad_enabled() and (predictor._tracking_heads or not tracking_only):
+            try:
+                out = use_compiled[0](*args, **kwargs)
+                predictor.compiled_calls[name, "compiled"] += 1
+                return out
+            except torch.cuda.OutOfMemoryError:
+                raise  # not the compiler's fault: the eager module would need the memory too
+            except Exception as e:
+                use_compiled[0] = None
+                predictor.compile_failures[name] = f"{type(e).__name__}: {str(e).strip()[:500]}"
+                logger.error(f"compiled SAM 2 {name} failed; it runs eagerly from now on. "
+                             f"{predictor.compile_failures[name]}", exc_info=True)
+        predictor.compiled_calls[name, "eager"] += 1
+        return eager(*args, **kwargs)
 
     return forward
+
+
+def compile_status(engine) -> dict | None:
+    """What ``/info/`` shows: None without compile; else the warm-up figures and any module that fell back."""
+    if engine.compiled is None:
+        return None
+    return {**engine.compiled, "eager_after_failure": dict(getattr(engine.predictor, "compile_failures", {}))}
 
 
 def compile_counters() -> dict:

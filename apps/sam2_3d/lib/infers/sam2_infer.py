@@ -32,6 +32,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..engine import intensity
 from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
+from ..engine.compiled import compile_status
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
 from .request_checks import check_infer_request
@@ -84,7 +85,7 @@ class Sam2InferTask(InferTask):
         info = super().info()
         info["checkpoint"] = self.engine.checkpoint_name
         info["random_weights"] = self.engine.random_weights
-        info["compiled"] = self.engine.compiled
+        info["compiled"] = compile_status(self.engine)
         return info
 
     def is_valid(self) -> bool:
