@@ -2,9 +2,11 @@
 
 The server compiles on CUDA only; here the very same code (``compiled.compile_engine``) runs on the CPU,
 where inductor compiles C++ instead of Triton and CUDA graphs do not apply (``reduce-overhead`` without
-them). What it shows: compiled masks equal eager ones exactly on the CPU, a user's requests after the
-start-up warm-up compile nothing, prompted slices and training run eagerly, and a second start reuses the
-first one's compiled code from disk; and (fault injection) a compiled module that fails falls back to eager. Speed is the GPU benchmark's business (benchmarks/bench_gpu.py).
+them). What it shows: compiled masks agree with eager ones (Dice >= 0.999; fused float operations need
+not give the same bits), a user's requests after the start-up warm-up compile nothing, prompted slices
+and training run eagerly, a second start reuses the first one's compiled code from disk, and (fault
+injection) a compiled module that fails falls back to eager. Speed is the GPU benchmark's business
+(benchmarks/bench_gpu.py).
 
 Each "start" is a child Python (a fresh torch, as a new server process). SAM 2.1 tiny, RANDOM weights.
 """
@@ -88,7 +90,7 @@ def test_compiled_tracking_gives_the_eager_masks_compiles_only_at_start_and_reus
     MEASURED["compile warm-up on the CPU, cold / cached start (s)"] = [cold["figures"]["warm_up_s"],
                                                                        warm["figures"]["warm_up_s"]]
     MEASURED["compiled vs eager on the CPU: Dice, masks equal (clicks, box, 3 clicks, mask, 2D)"] = [
-        [round(d, 5) for d in cold["dice"]], cold["equal"]]
+        [round(d, 6) for d in cold["dice"]], cold["equal"]]
     for start in (cold, warm):
         # compiled code may order float operations differently from eager (it fuses them), so masks are
         # held to the issue's Dice >= 0.999 against eager, for every kind of prompt

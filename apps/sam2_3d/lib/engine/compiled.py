@@ -17,7 +17,7 @@ The image encoder stays eager: it already runs in batches at GPU speed (5.2 ms p
 
 Compiled code is cached on disk (inductor's FX graph and AOT autograd caches, and Triton's kernels, all
 under one folder), so the next start with the same model, image size and torch version skips the
-compilation; :func:`warm_up` runs it at start-up on a synthetic volume instead of on a user's request.
+compilation; :func:`compile_engine` runs it at start-up on a synthetic volume instead of on a user's request.
 """
 
 from __future__ import annotations
