@@ -171,3 +171,43 @@ def test_a_compiled_module_that_fails_is_called_again_eagerly_and_stays_eager(ca
     assert calls["memory_attention", "compiled"] == 0 and calls["memory_attention", "eager"] > 8
     assert calls["memory_encoder", "compiled"] > 0  # the other modules stay on their compiled path
     assert any("memory_attention failed; it runs eagerly from now on" in r.getMessage() for r in caplog.records)
+
+
+def test_sam2_lazy_constants_change_kind_for_training_and_serving_and_keep_their_values(engine):
+    """Training needs SAM 2's lazily made constants (RoPE tables, sine encodings) as normal tensors;
+    serving, and the graphs a compiled server traced, as inference tensors. Training's end turns them back
+    (lib/training/run.py), so a compiled server is not recompiled by a training run."""
+    import numpy as np
+    import torch
+
+    from lib.engine.compiled import synthetic_volume
+    from lib.engine.model import lazy_constants_as
+    from lib.engine.prompts import SlicePrompt
+
+    volume = synthetic_volume(6, 48)
+
+    def masks():
+        s = engine.open_array("lazy-constants", volume, "lazy-constants")
+        s.set_prompts({3: SlicePrompt(points=((24.0, 24.0),), labels=(1,))})
+        out = s.propagate(0, 5).mask
+        engine.close(client_id="lazy-constants")
+        return out
+
+    def constants():
+        model = engine.predictor
+        found = [(f"{n}.freqs_cis", m.freqs_cis) for n, m in model.named_modules()
+                 if isinstance(getattr(m, "freqs_cis", None), torch.Tensor)]
+        found += [(f"{n}.cache[{k}]", v) for n, m in model.named_modules() if isinstance(getattr(m, "cache", None), dict)
+                  for k, v in m.cache.items() if isinstance(v, torch.Tensor)]
+        return dict(found)
+
+    served = masks()
+    made = {k: v.clone() for k, v in constants().items()}
+    assert any("freqs_cis" in k for k in made) and any("cache" in k for k in made), list(made)
+    lazy_constants_as(engine.predictor, inference=False)
+    assert not any(t.is_inference() for t in constants().values())
+    lazy_constants_as(engine.predictor, inference=True)
+    assert all(t.is_inference() for t in constants().values())
+    for k, t in constants().items():
+        assert torch.equal(t, made[k]), k
+    np.testing.assert_array_equal(masks(), served)

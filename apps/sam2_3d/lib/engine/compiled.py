@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
 
-from .model import VolumePredictor
+from .model import VolumePredictor, lazy_constants_as
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = Non
     # SAM 2 makes some constants lazily on its first calls (sine position encodings, RoPE tables); made
     # now, eagerly, they are not traced into a first-call variant that never runs again.
     _exercise(engine)
+    lazy_constants_as(predictor, inference=True)  # the kind serving after a training run has too
     predictor.__class__ = CompiledVolumePredictor
     predictor.compiled_calls = Counter()
     predictor.compile_failures = {}

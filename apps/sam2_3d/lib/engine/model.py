@@ -232,6 +232,23 @@ def _memory_in_compute_dtype(module, args, kwargs):
     return args, kwargs
 
 
+def lazy_constants_as(model, inference: bool) -> None:
+    """SAM 2 makes some constants lazily and keeps them (RoPE tables, sine position encodings): as
+    inference-mode tensors when made under inference, which autograd refuses to save. Training wants them
+    as normal tensors; serving wants them as inference tensors, since a compiled module (``--conf
+    compile``) was traced with those and would be recompiled for the other kind. Same values either way."""
+    with torch.inference_mode(inference):
+        for m in model.modules():
+            freqs = getattr(m, "freqs_cis", None)
+            if isinstance(freqs, torch.Tensor) and freqs.is_inference() != inference:
+                m.freqs_cis = freqs.clone()
+            cache = getattr(m, "cache", None)
+            if isinstance(cache, dict):
+                for k, v in list(cache.items()):
+                    if isinstance(v, torch.Tensor) and v.is_inference() != inference:
+                        cache[k] = v.clone()
+
+
 def build_predictor(checkpoint: ResolvedCheckpoint, device: str = "cpu", image_size: int | None = None):
     """Build the SAM 2 video predictor for a resolved checkpoint (or random weights, loudly)."""
     overrides = [f"++model.image_size={int(image_size)}"] if image_size else []

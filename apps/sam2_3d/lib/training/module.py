@@ -9,7 +9,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from lib.engine.model import FeatureCache
+from lib.engine.model import FeatureCache, lazy_constants_as
 
 from . import forward as FW
 from .data import ClipSampler, resize_masks
@@ -115,7 +115,7 @@ class Sam2Finetune(L.LightningModule):
         finally:
             self.engine.close()
             self.model.train(was_training)
-            _normal_tensor_caches(self.model)
+            lazy_constants_as(self.model, inference=False)  # autograd refuses inference tensors
 
     def configure_optimizers(self):
         params = [p for n, p in self.model.named_parameters() if p.requires_grad]
@@ -123,17 +123,3 @@ class Sam2Finetune(L.LightningModule):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.params.total_steps),
                                                            eta_min=self.params.learning_rate * 0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _normal_tensor_caches(model) -> None:
-    """SAM 2 caches constants lazily (RoPE frequencies, sine position encodings). Made during validation
-    they are inference-mode tensors, which autograd refuses to save; the same values as normal tensors."""
-    for m in model.modules():
-        freqs = getattr(m, "freqs_cis", None)
-        if isinstance(freqs, torch.Tensor) and freqs.is_inference():
-            m.freqs_cis = freqs.clone()
-        cache = getattr(m, "cache", None)
-        if isinstance(cache, dict):
-            for k, v in list(cache.items()):
-                if isinstance(v, torch.Tensor) and v.is_inference():
-                    cache[k] = v.clone()

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lib.engine import intensity
+from lib.engine.model import lazy_constants_as
 from lib.engine.weights import base_identity, ensure_weights, manager_of, versions_root, weights_in_use
 
 from . import data as D
@@ -172,10 +173,12 @@ def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[di
     )
     steps = DataLoader(list(range(params.steps_per_epoch)), batch_size=1)
     val = DataLoader([0], batch_size=1) if val_pairs else None
+    lazy_constants_as(module.model, inference=False)  # served requests left them as inference tensors
     trainer.fit(module, train_dataloaders=steps, val_dataloaders=val, ckpt_path=last if resume else None)
     module.model.eval()
     for p in module.model.parameters():
         p.requires_grad_(False)
+    lazy_constants_as(module.model, inference=True)  # as serving (and a compiled server's graphs) had them
 
     history = progress.history()
     vals = [h for h in history if h.get("val_dice") is not None]
