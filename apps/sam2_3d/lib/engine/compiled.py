@@ -66,7 +66,7 @@ class CompiledVolumePredictor(VolumePredictor, SAM2VideoPredictorVOS):
             self._tracking_heads = False
 
 
-def _use_cache_dir(cache_dir: str) -> None:
+def _use_cache_dir(cache_dir: str) -> str:
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
     # Read by inductor when it compiles; Triton's kernels go under it too unless TRITON_CACHE_DIR says otherwise.
@@ -76,13 +76,14 @@ def _use_cache_dir(cache_dir: str) -> None:
 
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
+    return cache_dir
 
 
 def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = None, compiler=torch.compile) -> dict:
     """Compile the engine's tracking modules in place (weights stay shared with eager) and compile their
     code now, on a synthetic volume, rather than on a user's first request. Returns the warm-up figures.
     (``compiler`` is there for the tests' fault injection.)"""
-    _use_cache_dir(cache_dir or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
+    cache_dir = _use_cache_dir(cache_dir or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
     predictor = engine.predictor
     # SAM 2 makes some constants lazily on its first calls (sine position encodings, RoPE tables); made
     # now, eagerly, they are not traced into a first-call variant that never runs again.
@@ -100,7 +101,7 @@ def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = Non
     t0 = time.perf_counter()
     _exercise(engine)
     after = compile_counters()
-    figures = {"mode": mode, "cache_dir": os.environ["TORCHINDUCTOR_CACHE_DIR"],
+    figures = {"mode": mode, "cache_dir": cache_dir,
                "warm_up_s": round(time.perf_counter() - t0, 2),
                **{k: after[k] - before[k] for k in after}}
     logger.info(f"torch.compile of SAM 2's tracking modules: {figures}")
