@@ -12,6 +12,7 @@ import base64
 import json
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import jwt
@@ -24,6 +25,8 @@ from conftest import Server
 from hostile_support import put_label, write_label_like, write_volume
 
 USER, ANNOTATOR, REVIEWER, ADMIN = "monailabel-user", "monailabel-annotator", "monailabel-reviewer", "monailabel-admin"
+CLIENT_ID = "monailabel-app"  # MONAI_LABEL_AUTH_CLIENT_ID's default
+PASSWORD = "correct horse"
 
 
 class StandInIdentityProvider:
@@ -34,12 +37,27 @@ class StandInIdentityProvider:
         der = self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         body = json.dumps({"realm": "monailabel", "public_key": base64.b64encode(der).decode()}).encode()
 
+        provider = self
+
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
+            def _json(self, status, payload: bytes):
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                if self.path.endswith("/.well-known/openid-configuration"):  # where Slicer's log-in posts
+                    return self._json(200, json.dumps({"token_endpoint": provider.realm + "/protocol/openid-connect/token"}).encode())
+                self._json(200, body)
+
+            def do_POST(self):  # Keycloak's password grant: 401 invalid_grant for a wrong password
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+                if form.get("password") != PASSWORD or form.get("client_id") != CLIENT_ID:
+                    return self._json(401, b'{"error":"invalid_grant","error_description":"Invalid user credentials"}')
+                token = provider.token([USER], form.get("username", "alice"))
+                self._json(200, json.dumps({"access_token": token, "token_type": "Bearer"}).encode())
 
             def log_message(self, *args):
                 pass
@@ -48,9 +66,14 @@ class StandInIdentityProvider:
         self.realm = f"http://127.0.0.1:{self.httpd.server_port}/realms/monailabel"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def token(self, roles, username="alice", expires_in=600, key=None) -> str:
+    def token(self, roles, username="alice", expires_in=600, key=None, **claims) -> str:
+        """A token as Keycloak issues it to the server's client (``azp``); ``claims`` override or, set to
+        None, remove claims."""
         payload = {"preferred_username": username, "email": f"{username}@example.org", "name": username,
-                   "realm_access": {"roles": roles}, "exp": int(time.time()) + expires_in}
+                   "realm_access": {"roles": roles}, "exp": int(time.time()) + expires_in,
+                   "azp": CLIENT_ID, "aud": "account"}
+        payload.update(claims)
+        payload = {k: v for k, v in payload.items() if v is not None}
         return jwt.encode(payload, key or self.key, algorithm="RS256")
 
 
@@ -155,3 +178,54 @@ def test_roles_user_annotator_reviewer_admin(auth_server, idp):
     # checks still apply behind auth
     resp = requests.delete(url + "/datastore/image", params={"id": "../x"}, headers=admin, timeout=30)
     assert resp.status_code == 400
+
+
+# -- token checks (issue 16): each was accepted or answered 500 before ---------------------------------------
+def test_a_token_for_another_client_of_the_realm_is_refused(auth_server, idp):
+    other = idp.token([USER, ADMIN], azp="another-app", aud="another-app")
+    resp = requests.get(auth_server.url + "/info/", headers=bearer(other), timeout=30)
+    assert resp.status_code == 401 and "another client" in resp.json()["detail"], resp.text
+    listed = idp.token([USER], azp="another-app", aud=["account", CLIENT_ID])  # named in aud: for this server
+    assert requests.get(auth_server.url + "/info/", headers=bearer(listed), timeout=30).status_code == 200
+
+
+def test_a_token_without_expiry_is_refused(auth_server, idp):
+    forever = idp.token([USER, ADMIN], exp=None)
+    assert requests.get(auth_server.url + "/info/", headers=bearer(forever), timeout=30).status_code == 401
+
+
+@pytest.mark.parametrize("roles_claim", [USER, {"r": USER}, [USER, 3]], ids=["string", "object", "list-with-number"])
+def test_a_roles_claim_of_the_wrong_type_is_401_not_500(auth_server, idp, roles_claim):
+    token = idp.token([], realm_access={"roles": roles_claim})
+    resp = requests.get(auth_server.url + "/info/", headers=bearer(token), timeout=30)
+    assert resp.status_code == 401 and "roles claim" in resp.json()["detail"], resp.text
+    nameless = idp.token([USER], preferred_username=None)
+    assert requests.get(auth_server.url + "/info/", headers=bearer(nameless), timeout=30).status_code == 401
+
+
+def test_log_in_with_a_refused_password_is_401_and_a_good_one_a_token(auth_server, idp):
+    resp = requests.post(auth_server.url + "/auth/token", data={"username": "alice", "password": "wrong"}, timeout=30)
+    assert resp.status_code == 401 and "refused" in resp.json()["detail"], resp.text
+    resp = requests.post(auth_server.url + "/auth/token", data={"username": "alice", "password": PASSWORD}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    token = resp.json()["access_token"]
+    assert requests.get(auth_server.url + "/info/", headers=bearer(token), timeout=30).status_code == 200
+
+
+def test_an_unreachable_identity_provider_is_502_with_a_message(idp, tmp_path_factory):
+    root = tmp_path_factory.mktemp("auth-down")
+    (root / "studies").mkdir()
+    from conftest import free_port
+
+    down = f"http://127.0.0.1:{free_port()}/realms/monailabel"  # nothing listens there
+    srv = AuthServer(str(root / "studies"), str(root), env={"MONAI_LABEL_AUTH_ENABLE": "true",
+                                                            "MONAI_LABEL_AUTH_REALM_URI": down,
+                                                            "MONAI_LABEL_AUTH_TIMEOUT": "3"})
+    try:
+        resp = requests.get(srv.url + "/info/", headers=bearer(idp.token([USER])), timeout=60)
+        assert resp.status_code == 502 and "identity provider" in resp.json()["detail"], resp.text
+        resp = requests.post(srv.url + "/auth/token", data={"username": "alice", "password": PASSWORD}, timeout=60)
+        assert resp.status_code == 502 and "identity provider" in resp.json()["detail"], resp.text
+        assert requests.get(srv.url + "/auth/", timeout=30).status_code == 200  # the server stays up
+    finally:
+        srv.stop()

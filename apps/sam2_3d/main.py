@@ -22,11 +22,14 @@ from monailabel.interfaces.app import MONAILabelApp
 
 from lib.activelearning import record_confidence, strategies
 from lib.configs.sam2_3d import Sam2Config
+from lib.datastore import header_checks, session_disk
+from lib.datastore.confined import ConfinedLocalDatastore
 from lib.datastore.dicomweb import Sam2DICOMWebDatastore
-from lib.datastore.history import DEFAULT_HISTORY, Sam2LocalDatastore
+from lib.datastore.history import DEFAULT_HISTORY
 from lib.datastore.names import check_name
 from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
 from lib.engine.errors import ImageNotFound, UnknownOption
+from lib.infers import work_caps
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class Sam2App(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict):
         self.model_config = Sam2Config()
         try:
+            header_checks.configure(conf)  # max_volume_gb
+            work_caps.configure(conf)  # max_clicks, max_slices
             self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
         except (CheckpointMissing, CheckpointCorrupt, UnknownOption) as e:
             _exit_at_start_up(str(e))
@@ -75,7 +80,8 @@ class Sam2App(MONAILabelApp):
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
         # monailabel's LocalDatastore, except that a replaced final label is kept (lib/datastore/history.py)
-        return Sam2LocalDatastore(
+        # and no link leads out of the studies folder (lib/datastore/confined.py)
+        return ConfinedLocalDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
@@ -91,6 +97,7 @@ class Sam2App(MONAILabelApp):
         get_session, remove_session = sessions.get_session, sessions.remove_session
         sessions.get_session = lambda session_id, *a, **kw: get_session(check_name(session_id, "session_id"), *a, **kw)
         sessions.remove_session = lambda session_id: remove_session(check_name(session_id, "session_id"))
+        session_disk.bound(sessions, self.conf)  # expired ones removed, total bytes bounded
         return sessions
 
     def _download_dcmqi_tools(self):
@@ -141,6 +148,10 @@ class Sam2App(MONAILabelApp):
             from lib.trainers import endpoint
 
             endpoint.install(web.app)  # 422 for bad training parameters, before a process starts
+            from lib.web import connections, dataset_zip
+
+            dataset_zip.install(web.app)  # the zip is removed once sent
+            connections.install(self.conf)  # half-open connections time out
 
     def infer(self, request, datastore=None):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so

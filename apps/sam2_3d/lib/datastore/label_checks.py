@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from ..engine.errors import InvalidLabel, UnreadableImage
 from ..engine.geometry import read_dicom_series
+from .header_checks import check_volume_file
 
 LABEL_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
 SPACING_RTOL = 1e-3  # relative, per axis
@@ -37,8 +38,9 @@ def label_extension(path: str) -> str:
     )
 
 
-def _info(path: str) -> sitk.ImageFileReader:
+def _info(path: str, what: str = "label") -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
+    reader.SetImageIO(check_volume_file(path, what))  # refuses detached data and oversized volumes first
     reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
@@ -51,7 +53,7 @@ def _image_grid(image_path: str):
     if os.path.isdir(image_path):  # a DICOM series in a DICOMweb cache
         image = read_dicom_series(image_path)
         return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-    r = _info(image_path)
+    r = _info(image_path, "image")
     return r.GetSize(), r.GetSpacing(), r.GetOrigin(), r.GetDirection()
 
 
@@ -74,7 +76,7 @@ def _read_all(path: str) -> np.ndarray:
         except Exception as e:  # nibabel: EOFError, OSError, ImageFileError ... for a damaged file
             raise InvalidLabel(f"the label file is truncated or corrupt: {e}") from e
     try:
-        return sitk.GetArrayFromImage(sitk.ReadImage(path))
+        return sitk.GetArrayFromImage(sitk.ReadImage(path, imageIO=check_volume_file(path, "label")))
     except RuntimeError as e:
         raise InvalidLabel(f"the label file is truncated or corrupt: {str(e).strip().splitlines()[-1]}") from e
 

@@ -146,7 +146,9 @@ def write_seg(
 def write_seg_from_file(series_folder: str, label_file: str, names: dict[int, str], out_path: str | None = None) -> str:
     """Like write_seg, for a label file (NIfTI/NRRD) that lies on the series grid."""
     image = read_dicom_series(series_folder)
-    label = sitk.ReadImage(label_file)
+    from .header_checks import check_volume_file
+
+    label = sitk.ReadImage(label_file, imageIO=check_volume_file(label_file, "label"))
     if tuple(label.GetSize()) != tuple(image.GetSize()):
         raise WrongDimensions(f"label size {list(label.GetSize())} differs from the series size {list(image.GetSize())}")
     return write_seg(series_folder, sitk.GetArrayFromImage(label).astype(np.int64), names, out_path)

@@ -41,11 +41,14 @@ def read_image(path: str) -> sitk.Image:
     sitk = _sitk()
     if not path or not os.path.exists(path):
         raise ImageNotFound(f"image file not found: {path!r}")
+    from ..datastore.header_checks import check_series_folder, check_volume_file
+
     try:
         if os.path.isdir(path):
+            check_series_folder(path)
             image = read_dicom_series(path)
-        else:
-            image = sitk.ReadImage(path)
+        else:  # the header first (no file it names is opened, no volume over the bound allocated)
+            image = sitk.ReadImage(path, imageIO=check_volume_file(path))
     except RuntimeError as e:  # SimpleITK raises RuntimeError for anything it cannot parse
         first_line = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise UnreadableImage(f"cannot read {os.path.basename(path)!r} as an image: {first_line}") from e

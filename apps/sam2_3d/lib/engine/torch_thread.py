@@ -33,3 +33,34 @@ def run(fn, *args, **kwargs):
 def executor() -> ThreadPoolExecutor:
     """For ``loop.run_in_executor``: an async endpoint awaits the torch thread without blocking the loop."""
     return _executor
+
+
+# -- work whose client has gone ---------------------------------------------------------------------
+class ClientGone(Exception):
+    """The client that asked for this work has disconnected: the work is dropped (never started, or
+    stopped at the next slice)."""
+
+    status_code = 499  # nginx's "client closed request"; nobody is left to read it
+
+
+_current_cancel: threading.Event | None = None  # the running job's flag (one torch thread, one job)
+
+
+def run_cancellable(cancel: threading.Event, fn, *args, **kwargs):
+    """Run ``fn`` on the torch thread unless ``cancel`` is already set; long loops call
+    :func:`check_cancelled` so that setting it later stops the job too."""
+    global _current_cancel
+    if cancel.is_set():
+        raise ClientGone("the client disconnected before its request was started")
+    _current_cancel = cancel
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _current_cancel = None
+
+
+def check_cancelled() -> None:
+    """Raise :class:`ClientGone` if the job running on this thread was cancelled (called per slice)."""
+    cancel = _current_cancel
+    if cancel is not None and cancel.is_set() and on_torch_thread():
+        raise ClientGone("the client disconnected; its propagation was stopped")

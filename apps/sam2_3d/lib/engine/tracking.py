@@ -32,6 +32,7 @@ import torch
 from .errors import PromptError
 from .model import init_state_from_frames
 from .prompts import Prompts, SlicePrompt
+from .torch_thread import check_cancelled
 
 OBJ_ID = 1  # one SAM 2 object per label state
 # An incremental pass stops once its masks equal the previous result (IoU >= REJOIN_IOU) on this many
@@ -210,6 +211,7 @@ class LabelTrack:
             for k, _, masks in predictor.propagate_in_video(
                 self.state, start_frame_idx=anchor, max_frame_num_to_track=span, reverse=reverse
             ):
+                check_cancelled()  # a gone client's propagation stops here (the state is rebuilt next time)
                 pending.append((k, masks[0, 0] > 0))
                 if auto_stop and len(pending) >= group:
                     stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
@@ -279,6 +281,7 @@ class LabelTrack:
                 for k, _, masks in predictor.propagate_in_video(
                     self.state, start_frame_idx=c, max_frame_num_to_track=span, reverse=reverse
                 ):
+                    check_cancelled()
                     new = (masks[0, 0] > 0).cpu().numpy()
                     old_known = k in prev.scores
                     agree = k != c and _same_mask(new, mask[k]) and (old_known or not new.any())

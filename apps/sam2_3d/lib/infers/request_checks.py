@@ -20,6 +20,7 @@ from typing import Any
 
 from ..datastore.names import check_name
 from ..engine.errors import BadRequestValue, ImageNotFound, UnknownOption, UnreadableImage
+from .work_caps import check_click_count
 
 MAX_PARAMS_BYTES = 4 << 20  # prompts are a few KB; a mask travels as a file, never inside params
 MAX_ABS_NUMBER = 1e9  # no voxel index, slice or window is larger; bigger values only overflow later
@@ -175,6 +176,7 @@ def check_infer_request(request: dict, kind: str) -> None:
         as_number(request["window_center"], "window_center")
         if as_number(request["window_width"], "window_width") <= 0:
             raise BadRequestValue(f"window_width must be > 0, got {request['window_width']!r}")
+    check_click_count(request)  # before the points are read one by one
     for field in ("foreground", "background"):
         _points(request.get(field), field, 3)
     roi = request.get("roi")

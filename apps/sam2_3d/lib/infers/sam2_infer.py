@@ -33,9 +33,11 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from ..engine import intensity
 from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
 from ..engine.compiled import compile_status
+from ..engine.torch_thread import ClientGone
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
 from .request_checks import check_infer_request
+from .work_caps import check_slice_count
 from ..engine.weights import ensure_weights, weights_in_use
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ class Sam2InferTask(InferTask):
         except EngineInputError as e:
             logger.warning(f"{self.kind}: bad request: {e}")
             raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+        except ClientGone:
+            raise  # the client disconnected: nothing to answer (lib/web/client_gone.py)
         except Exception:
             logger.exception(f"{self.kind}: internal error (HTTP 500) on a request that passed the checks")
             raise
@@ -146,8 +150,10 @@ class Sam2InferTask(InferTask):
             return mask, {label: 1}, result, label
         lo, hi = self._slice_range(request, geo)
         if _truthy(request.get("undo")):
+            check_slice_count(lo, hi)
             session.undo()
         elif _truthy(request.get("redo")):
+            check_slice_count(lo, hi)
             session.redo()
         else:
             tools, box_range = self._tool_prompts(request, geo, session, anonymous)
@@ -155,6 +161,7 @@ class Sam2InferTask(InferTask):
                 lo, hi = max(lo, box_range[0]), min(hi, box_range[1])
                 if lo > hi:
                     raise PromptError(f"roi slices {list(box_range)} do not meet start_slice/end_slice")
+            check_slice_count(lo, hi)  # before the prompts change: a refused request leaves the session as it was
             changed = session.update_prompts(**tools)
             logger.info(f"{self.kind}: label {label!r}, changed slices {changed}")
         auto_stop = _int_param(request, "auto_stop", DEFAULT_AUTO_STOP, minimum=0)

@@ -11,6 +11,7 @@ from typing import Optional
 
 from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from monailabel.config import settings
 from monailabel.endpoints.train import run_model
@@ -35,7 +36,9 @@ async def train_with_checked_params(
         check_for_server(parse(params or {}), app_instance().model_config.engine.image_size)
     except TrainParamError as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
-    return run_model(MODEL, params, run_sync, enqueue)
+    # in a worker thread: with run_sync monailabel waits here for the whole training run, which on the event
+    # loop froze every other request (/info/ took 83 s in the report of issue 16)
+    return await run_in_threadpool(run_model, MODEL, params, run_sync, enqueue)
 
 
 def install(fastapi_app) -> bool:

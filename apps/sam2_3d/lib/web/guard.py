@@ -41,6 +41,7 @@ from monailabel.interfaces.utils.app import app_instance
 from ..datastore.label_checks import label_extension
 from ..datastore.names import check_name
 from ..engine import torch_thread
+from . import client_gone
 from ..engine.errors import EngineInputError, ImageNotFound
 from ..infers.request_checks import check_http_infer, parse_params
 
@@ -51,7 +52,7 @@ def _http(e: EngineInputError) -> HTTPException:
     return HTTPException(status_code=e.status_code, detail=str(e))
 
 
-async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args, executor=None):
+async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args, executor=None, request=None):
     """Run a monailabel endpoint function off the event loop (in ``executor``, else a worker thread);
     on failure remove its temp files.
 
@@ -59,6 +60,8 @@ async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args,
     Starlette runs only after a successful answer: a rejected upload would stay in the temp folder.
     """
     try:
+        if request is not None:  # on the torch thread, dropped once the client disconnects (client_gone.py)
+            return await client_gone.on_torch_thread_while_connected(request, func, background_tasks, *args)
         if executor is not None:
             return await asyncio.get_running_loop().run_in_executor(executor, partial(func, background_tasks, *args))
         return await run_in_threadpool(func, background_tasks, *args)
@@ -74,6 +77,7 @@ async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args,
 
 # -- routes -----------------------------------------------------------------------------------------
 async def infer(
+    request: Request,
     background_tasks: BackgroundTasks,
     model: str,
     image: str = "",
@@ -97,7 +101,7 @@ async def infer(
     # on the torch thread (lib/engine/torch_thread.py): the thread the model was built on runs it fastest
     return await _in_thread_cleaning_up(
         background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output,
-        executor=torch_thread.executor(),
+        request=request,
     )
 
 
@@ -204,10 +208,11 @@ def install(web_app) -> None:
         routes.insert(0, APIRoute(prefix + path, endpoint, methods=methods, include_in_schema=False))
     from . import auth
 
-    auth.install()
+    auth.install(web_app)  # strict token checks; POST /auth/token answers 401/502
     web_app.exception_handlers[EngineInputError] = _engine_input_error
     web_app.exception_handlers[ImageNotFoundException] = _not_found
     web_app.exception_handlers[LabelNotFoundException] = _not_found
+    web_app.exception_handlers[torch_thread.ClientGone] = _engine_input_error
     origins = cors_origins()
     web_app.user_middleware = [m for m in web_app.user_middleware if m.cls is not CORSMiddleware]
     web_app.user_middleware.insert(0, cors_middleware(origins))

@@ -1,0 +1,63 @@
+"""Session uploads (``PUT /session/``, what Slicer sends for a locally loaded volume) bounded on disk.
+
+monailabel keeps each upload in its session folder until the session expires (an hour by default), with
+no bound on how many or how large: a client looping on uploads filled the disk. Before a session is
+added, expired sessions are removed; then one upload must fit ``max_volume_gb`` and all sessions together
+``--conf max_session_disk_gb`` (default 10), else 413 naming the bound (nothing is kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..engine.errors import EngineInputError, UnknownOption
+from . import header_checks
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SESSION_DISK_GB = 10.0
+
+
+class SessionStoreFull(EngineInputError):
+    status_code = 413
+
+
+def folder_bytes(folder: str) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed meanwhile (an expiring session)
+    return total
+
+
+def bound(sessions, conf: dict) -> None:
+    """Wrap ``sessions.add_session`` (monailabel's ``Sessions``) with the checks above."""
+    value = conf.get("max_session_disk_gb", DEFAULT_MAX_SESSION_DISK_GB)
+    try:
+        limit = int(float(value) * 2**30)
+    except (TypeError, ValueError):
+        limit = -1
+    if limit <= 0:
+        raise UnknownOption(f"--conf max_session_disk_gb must be a number > 0, got {value!r}")
+    add_session = sessions.add_session
+
+    def add_bounded(data_file: str, *args, **kwargs):
+        new = folder_bytes(data_file) if os.path.isdir(data_file) else os.path.getsize(data_file)
+        if new > header_checks.MAX_VOLUME_BYTES:
+            raise SessionStoreFull(f"the upload is {new / 2**30:.2f} GiB; this server takes volumes up to "
+                                   f"{header_checks.MAX_VOLUME_BYTES / 2**30:.2f} GiB (--conf max_volume_gb)")
+        sessions.remove_expired()
+        held = folder_bytes(sessions.store_path)
+        if held + new > limit:
+            raise SessionStoreFull(
+                f"session storage is full: sessions hold {held / 2**30:.2f} GiB, this upload {new / 2**30:.2f} GiB, "
+                f"the server keeps at most {limit / 2**30:.2f} GiB (--conf max_session_disk_gb); "
+                f"delete sessions (DELETE /session/<id>) or retry when older ones expire"
+            )
+        return add_session(data_file, *args, **kwargs)
+
+    sessions.add_session = add_bounded
