@@ -114,11 +114,11 @@ def _head(path: str) -> tuple[bytes, bool]:
         raw = f.read(HEAD_BYTES)
     if raw[:2] != b"\x1f\x8b":
         return raw, False
+    # the start of the stream only: a cut-off file still shows its header (its length is checked later)
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read(HEAD_BYTES), True
-    except (EOFError, OSError, zlib.error) as e:
-        raise UnreadableImage(f"the file is not a readable gzip stream: {e}") from e
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, HEAD_BYTES), True
+    except zlib.error as e:
+        raise UnreadableImage(f"cannot read the file: it is not a readable gzip stream ({e})") from e
 
 
 def _nifti(path: str, head: bytes, gz: bool, what: str) -> str:
@@ -237,7 +237,7 @@ def check_volume_file(path: str, what: str = "image") -> str:
     if not gz and first.startswith((b"objecttype", b"ndims", b"comment", b"objectsubtype", b"transformtype")):
         return _metaimage(path, head, what)
     raise UnreadableImage(
-        f"the {what} is not a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha) or DICOM file"
+        f"cannot read the {what}: it is not a NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha) or DICOM file"
     )
 
 
