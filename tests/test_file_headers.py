@@ -179,17 +179,14 @@ def test_a_tiny_header_declaring_a_huge_volume_is_refused_before_allocation(serv
     assert healthy(server.url)
 
 
-def test_a_session_upload_naming_a_server_file_is_refused_when_read(server, secret, tmp_path):
+def test_a_session_upload_naming_a_server_file_is_refused(server, secret, tmp_path):
     path = spinal_grid_nrrd(tmp_path, secret, name="volume.nrrd")
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # what Slicer sends for a volume loaded from its own disk
         resp = requests.put(f"{server.url}/session/", files=[("files", ("volume.nrrd", f))], timeout=120)
-    if resp.status_code != 200:  # refused at upload already (the session route's own checks): fine too
-        refused(resp, 400, 415, 422)
-        return
-    session_id = resp.json()["session_id"]
-    resp = requests.post(f"{server.url}/infer/sam2_2d", params={"image": "x", "session_id": session_id, "output": "json"},
-                         data={"params": json.dumps({"foreground": [[30, 27, 26]], "slice": 26})}, timeout=120)
     assert "separate data file" in refused(resp, 400)["detail"]
+    with open(huge_nifti(tmp_path / "huge_session.nii"), "rb") as f:
+        resp = requests.put(f"{server.url}/session/", files=[("files", ("huge_session.nii", f))], timeout=120)
+    assert "max_volume_gb" in refused(resp, 413)["detail"]
 
 
 def test_good_files_in_every_accepted_format_still_work(server, tmp_path):

@@ -22,7 +22,7 @@ from monailabel.interfaces.app import MONAILabelApp
 
 from lib.activelearning import record_confidence, strategies
 from lib.configs.sam2_3d import Sam2Config
-from lib.datastore import header_checks, session_disk
+from lib.datastore import header_checks, session_uploads
 from lib.datastore.confined import ConfinedLocalDatastore
 from lib.datastore.dicomweb import Sam2DICOMWebDatastore
 from lib.datastore.history import DEFAULT_HISTORY
@@ -97,7 +97,7 @@ class Sam2App(MONAILabelApp):
         get_session, remove_session = sessions.get_session, sessions.remove_session
         sessions.get_session = lambda session_id, *a, **kw: get_session(check_name(session_id, "session_id"), *a, **kw)
         sessions.remove_session = lambda session_id: remove_session(check_name(session_id, "session_id"))
-        session_disk.bound(sessions, self.conf)  # expired ones removed, total bytes bounded
+        session_uploads.bound(sessions, self.conf)  # headers checked, expired removed, total bytes bounded
         return sessions
 
     def _download_dcmqi_tools(self):

@@ -1,9 +1,12 @@
-"""Session uploads (``PUT /session/``, what Slicer sends for a locally loaded volume) bounded on disk.
+"""Session uploads (``PUT /session/``, what Slicer sends for a locally loaded volume): checked and bounded.
 
-monailabel keeps each upload in its session folder until the session expires (an hour by default), with
-no bound on how many or how large: a client looping on uploads filled the disk. Before a session is
-added, expired sessions are removed; then one upload must fit ``max_volume_gb`` and all sessions together
-``--conf max_session_disk_gb`` (default 10), else 413 naming the bound (nothing is kept).
+* The volume's header is checked as every other volume's (``header_checks``: no header naming another
+  file, declared size within ``max_volume_gb``), so a bad upload is refused at ``PUT`` (400/413/415/422)
+  rather than at the first inference on it (an archive, ``uncompress=true``, is checked when read).
+* monailabel keeps each upload in its session folder until the session expires (an hour by default),
+  with no bound on how many or how large: a client looping on uploads filled the disk. Before a session
+  is added, expired sessions are removed; then all sessions together must fit ``--conf
+  max_session_disk_gb`` (default 10), else 413 naming the bound (nothing is kept).
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ def bound(sessions, conf: dict) -> None:
         raise UnknownOption(f"--conf max_session_disk_gb must be a number > 0, got {value!r}")
     add_session = sessions.add_session
 
-    def add_bounded(data_file: str, *args, **kwargs):
+    def add_bounded(data_file: str, expiry: int = 0, uncompress: bool = False, *args, **kwargs):
+        if os.path.isdir(data_file):  # several files: a DICOM series
+            header_checks.check_series_folder(data_file, "session image")
+        elif not uncompress:
+            header_checks.check_volume_file(data_file, "session image")
         new = folder_bytes(data_file) if os.path.isdir(data_file) else os.path.getsize(data_file)
         if new > header_checks.MAX_VOLUME_BYTES:
             raise SessionStoreFull(f"the upload is {new / 2**30:.2f} GiB; this server takes volumes up to "
@@ -58,6 +65,6 @@ def bound(sessions, conf: dict) -> None:
                 f"the server keeps at most {limit / 2**30:.2f} GiB (--conf max_session_disk_gb); "
                 f"delete sessions (DELETE /session/<id>) or retry when older ones expire"
             )
-        return add_session(data_file, *args, **kwargs)
+        return add_session(data_file, expiry, uncompress, *args, **kwargs)
 
     sessions.add_session = add_bounded
