@@ -158,7 +158,7 @@ def _nrrd_header_lines(head: bytes, what: str) -> tuple[list[str], int]:
     text = head[: end if end >= 0 else len(head)].decode("latin-1")
     lines = [line.rstrip("\r") for line in text.split("\n")]
     for line in lines[1:]:
-        key = line.split(":", 1)[0].strip().lower()
+        key = " ".join(line.split(":", 1)[0].split()).lower()
         if not line.startswith("#") and ":=" not in line and key in ("data file", "datafile"):
             raise _detached(what, "NRRD")
     if end < 0:  # no blank line: a detached header (.nhdr) or one longer than any real one

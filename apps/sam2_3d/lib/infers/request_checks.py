@@ -82,6 +82,7 @@ def check_http_infer(app, model: str, image: str, session_id: str, params: dict,
         check_name(image, "image id")
     if session_id:
         check_name(session_id, "session_id")
+    check_click_count(params)  # before the request waits for the torch thread
     for key in SERVER_KEYS:
         if key in params:
             raise BadRequestValue(f"params may not set {key!r}: it comes from the query or the uploaded files")
