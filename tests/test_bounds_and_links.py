@@ -76,6 +76,9 @@ def test_a_linked_study_outside_the_folder_is_neither_served_nor_read(bserver):
     assert resp.status_code == 403, resp.status_code
     resp = post(bserver, "sam2_propagate", "tiny", {"label_tag": "final"})  # the linked label as a mask prompt
     assert resp.status_code == 403, resp.text
+    handed = {requests.post(f"{bserver.url}/activelearning/first", json={"client_id": f"annotator-{n}"},
+                            timeout=30).json().get("id") for n in range(8)}  # each is leased: the next gets another
+    assert handed and not handed & {"escape", "folder"}, handed
 
 
 def test_a_study_whose_header_names_a_file_outside_is_not_read(bserver):

@@ -72,6 +72,17 @@ class ConfinedLocalDatastore(Sam2LocalDatastore):
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         return self._confined(super().get_label_uri(label_id, label_tag), f"label {label_tag!r} of {label_id!r}")
 
+    def _inside(self, image_ids):
+        root, objects = self._root(), self._datastore.objects
+        return [i for i in image_ids
+                if i in objects and within(os.path.join(root, self._filename(i, objects[i].image.ext)), root)]
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):  # what strategies hand out: never a link out
+        return self._inside(super().get_unlabeled_images(label_tag, labels))
+
+    def get_labeled_images(self, label_tag=None, labels=None):
+        return self._inside(super().get_labeled_images(label_tag, labels))
+
     def datalist(self, full_path=True):
         root = self._root()
         items = super().datalist(full_path=True)
