@@ -64,6 +64,11 @@ def post(srv, model, image, params, output="json", timeout=300):
                          data={"params": json.dumps(params)}, timeout=timeout)
 
 
+def test_run_sync_training_without_final_labels_is_409_not_500(bserver):
+    resp = requests.post(f"{bserver.url}/train/sam2_finetune", params={"run_sync": "true"}, json={"epochs": 1}, timeout=60)
+    assert resp.status_code == 409 and "final label" in resp.json()["detail"], resp.text
+
+
 # -- links out of the studies folder -------------------------------------------------------------------------
 def test_a_linked_study_outside_the_folder_is_neither_served_nor_read(bserver):
     secret = (bserver.outside / "secret_image.nii.gz").read_bytes()

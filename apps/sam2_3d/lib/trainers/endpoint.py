@@ -36,6 +36,9 @@ async def train_with_checked_params(
         check_for_server(parse(params or {}), app_instance().model_config.engine.image_size)
     except TrainParamError as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+    if run_sync and not await run_in_threadpool(app_instance().datastore().datalist):
+        # run in this request, the training's own "no final label" error would be a bare 500
+        raise HTTPException(status_code=409, detail="no image in the datastore has a final label: save labels before training")
     # in a worker thread: with run_sync monailabel waits here for the whole training run, which on the event
     # loop froze every other request (/info/ took 83 s in the report of issue 16)
     return await run_in_threadpool(run_model, MODEL, params, run_sync, enqueue)
