@@ -10,8 +10,11 @@ in a DICOMweb PACS (e.g. Orthanc) as DICOM SEG written by highdicom.
 
 from __future__ import annotations
 
+import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 
 from fastapi import HTTPException
@@ -27,6 +30,7 @@ from lib.datastore.history import DEFAULT_HISTORY, Sam2LocalDatastore
 from lib.datastore.names import check_name
 from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
 from lib.engine.errors import ImageNotFound, UnknownOption
+from lib.engine.options import check_conf
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +49,29 @@ def _exit_at_start_up(message: str) -> None:
     os._exit(2)
 
 
+def _check_port_free() -> None:
+    """Fail at once when ``start_server``'s port is taken: uvicorn binds only after the app (and SAM 2) loaded."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-i", "--host", default="0.0.0.0")
+    parser.add_argument("-p", "--port", type=int, default=8000)
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((args.host, args.port))
+        except OSError as e:
+            why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            _exit_at_start_up(f"port {args.port} on {args.host} {why}: stop the other server or pass --port")
+
+
 class Sam2App(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict):
+        try:
+            check_conf(conf)
+        except UnknownOption as e:
+            _exit_at_start_up(str(e))
+        if sys.modules.get("monailabel.app") is not None and "start_server" in sys.argv:
+            _check_port_free()
         self.model_config = Sam2Config()
         try:
             self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
