@@ -98,3 +98,16 @@ def test_a_port_in_use_is_reported_before_the_model_loads(tmp_path, studies):
     assert rc == 2, log[-2000:]
     assert f"sam2-3d cannot start: port {port} on 127.0.0.1 is already in use" in log, log[-2000:]
     assert "SAM 2 engine:" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_another_sam2_or_monailabel_version_is_named_at_start_up(monkeypatch):
+    import importlib.metadata
+
+    import main
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda p: "1.0" if p == "sam2" else real(p))
+    with pytest.raises(SystemExit, match=r"sam2 1.0 is installed, but sam2-3d is written against sam2 1.1.0"):
+        main._check_versions()
+    monkeypatch.setattr(importlib.metadata, "version", real)
+    main._check_versions()  # the installed ones pass

@@ -49,6 +49,26 @@ def _exit_at_start_up(message: str) -> None:
     os._exit(2)
 
 
+# The versions whose internals the app relies on (SAM 2's inference state and predictor methods,
+# monailabel's endpoints and app class); scripts/setup.sh installs exactly these.
+WRITTEN_AGAINST = {"sam2": "1.1.0", "monailabel": "0.8.5"}
+
+
+def _check_versions() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package, wanted in WRITTEN_AGAINST.items():
+        try:
+            found = version(package)
+        except PackageNotFoundError:
+            found = "none"
+        if found != wanted:
+            _exit_at_start_up(
+                f"{package} {found} is installed, but sam2-3d is written against {package} {wanted} "
+                f"(it uses its internals): run scripts/setup.sh, or pip install {package}=={wanted}"
+            )
+
+
 def _check_port_free() -> None:
     """Fail at once when ``start_server``'s port is taken: uvicorn binds only after the app (and SAM 2) loaded."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -66,6 +86,7 @@ def _check_port_free() -> None:
 
 class Sam2App(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict):
+        _check_versions()
         try:
             check_conf(conf)
         except UnknownOption as e:
