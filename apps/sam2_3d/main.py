@@ -95,7 +95,7 @@ class Sam2App(MONAILabelApp):
             _check_port_free()
         self.model_config = Sam2Config()
         try:
-            self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
+            self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore(), studies=studies)
         except (CheckpointMissing, CheckpointCorrupt, UnknownOption) as e:
             _exit_at_start_up(str(e))
         super().__init__(
