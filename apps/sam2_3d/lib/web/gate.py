@@ -79,6 +79,9 @@ def _server_folders(app=None) -> list[tuple[str, str]]:
         folders[settings.MONAI_LABEL_SESSION_PATH] = "<sessions>"
     if app is not None:
         folders[app.app_dir] = "<app>"
+        versions = getattr(getattr(app, "model_config", None), "versions_dir", None)
+        if versions:
+            folders[versions] = "<model_dir>"
         folders[app.studies] = folders.get(app.studies, "<studies>")
         sessions = app.sessions()
         if sessions is not None:
