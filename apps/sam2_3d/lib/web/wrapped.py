@@ -96,8 +96,10 @@ async def create_session(
 async def get_session(session_id: str, update_ts: bool = False, image: bool = False, user: User = Depends(USER)):
     info = await run_in_threadpool(ml_session.get_session, session_id, update_ts, False)
     if image:
-        sessions = app_instance().sessions()
-        stored = sessions.get_session(session_id, update_ts=False).image
+        stored_info = app_instance().sessions().get_session(session_id, update_ts=False)
+        if stored_info is None:  # expired since
+            raise _bad(f"Session ({session_id}) Not Found", 404)
+        stored = stored_info.image
         if not os.path.isfile(stored):
             raise _bad(f"session {session_id!r} holds a folder of {len(os.listdir(stored))} files (a DICOM series); "
                        f"image=true serves one-file sessions only")
