@@ -187,6 +187,10 @@ class Sam2App(MONAILabelApp):
             from lib.trainers import endpoint
 
             endpoint.install(web.app)  # 422 for bad training parameters, before a process starts
+        if web is not None:
+            from lib.web import gate
+
+            gate.install(web.app, self)  # last: deny by default (lib/web/routes_table.py), no cross-origin writes
 
     def infer(self, request, datastore=None):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so
