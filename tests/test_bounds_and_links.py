@@ -1,24 +1,22 @@
 """Links out of the studies folder and bounded work (issue 16), against one real server (SAM 2.1 tiny,
 RANDOM WEIGHTS) started on a folder that holds links pointing outside it, with small bounds
-(``--conf max_clicks 50 max_slices 12 header_timeout_s 2 max_session_disk_gb 0.002``).
+(``--conf max_clicks 50 max_slices 48 header_timeout_s 2 max_session_disk_gb 0.002``).
 
 Before the fixes: a study that was a link to a file outside was read, served and zipped, and deleting it
 removed the target (``rmtree`` for a folder); 20,000 clicks or a propagation through every slice held the
 inference thread for as long as they took; requests abandoned by their client still ran; ``run_sync``
-training froze the event loop; every dataset zip stayed in the temp folder; info updates grew the
+training froze the event loop; info updates grew the
 datastore JSON without bound; session uploads filled the disk; a connection that never finished its
 request head stayed open.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
 import threading
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -27,7 +25,7 @@ import requests
 from conftest import MEASURED, Server
 from hostile_support import healthy, put_label, write_label_like, write_volume
 
-MAX_CLICKS, MAX_SLICES, HEADER_TIMEOUT_S = 50, 12, 2
+MAX_CLICKS, MAX_SLICES, HEADER_TIMEOUT_S = 50, 48, 2
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +142,7 @@ def test_work_of_clients_that_have_gone_is_not_run(bserver):
     sockets = []
     for n in range(3):  # three whole-volume propagations, each from a new client: no cache to reuse
         sockets.append(_send_and_hold(bserver.url, dict(whole, client_id=f"gone-{n}")))
-        time.sleep(0.3)  # the server has read it: the first runs, the others wait for the torch thread
+        time.sleep(min(0.3, one / 8))  # the server has read it: the first runs, the others wait their turn
     for sock in sockets:
         sock.close()
     t0 = time.perf_counter()
@@ -155,29 +153,20 @@ def test_work_of_clients_that_have_gone_is_not_run(bserver):
     dropped = open(bserver.log_path).read().count("disconnected: its inference is dropped") - log_before
     MEASURED["dropped clients: one whole propagation s, next click after 3 dropped s, drops logged"] = [
         round(one, 2), round(click, 2), dropped]
-    # had the three run, the click would wait for about 3 x `one`
+    # had the three run, the click would wait for about 3 x `one` (less the ~3/8 x `one` spent sending them)
     assert click < 1.5 * one, (click, one)
     assert dropped >= 1  # 3 when the server had read all three before they closed (a request dropped while
     # its body was still arriving is never parsed, so never queued either)
 
 
 # -- temp files, datastore JSON, session disk ---------------------------------------------------------------------
-def test_dataset_zip_is_removed_once_sent_and_holds_only_the_folder(bserver):
+def test_a_final_label_in_the_folder_is_the_training_data(bserver):
+    """The linked final label of ``tiny`` is not training data; ``paired``'s saved one is (run_sync test below)."""
     image = write_volume(bserver.root / "paired_label_ref.nii.gz", seed=2)
     label = write_label_like(image, bserver.root / "paired_label.nii.gz")
     assert put_label(bserver.url, "paired", label).status_code == 200
-    before = set(os.listdir(bserver.tmp))
-    sizes = []
-    for _ in range(3):
-        resp = requests.get(f"{bserver.url}/datastore/dataset", timeout=120)
-        assert resp.status_code == 200, resp.text
-        names = zipfile.ZipFile(io.BytesIO(resp.content)).namelist()
-        assert any("paired" in n for n in names) and not any("secret" in n or "escape" in n for n in names), names
-        sizes.append(len(resp.content))
-    time.sleep(1)  # the removal runs after the answer is sent
-    left = sorted(set(os.listdir(bserver.tmp)) - before)
-    MEASURED["dataset zip: bytes per download, files left in the temp folder after 3"] = [sizes[0], len(left)]
-    assert left == [], left
+    listed = requests.get(f"{bserver.url}/datastore/?output=train", timeout=30).json()
+    assert [os.path.basename(item["image"]) for item in listed] == ["paired.nii.gz"], listed
 
 
 def test_datastore_json_stays_bounded_under_info_updates(bserver):

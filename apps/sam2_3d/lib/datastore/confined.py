@@ -113,7 +113,9 @@ class ConfinedLocalDatastore(Sam2LocalDatastore):
         if label is not None:
             path = self._entry(self._datastore.label_path(label_tag), self._filename(label_id, label.ext))
             if self._unlink_escaping(path):
-                self.refresh()
+                # the entry itself, not refresh(): the folder watcher may be reconciling the same dict
+                self._datastore.objects[label_id].labels.pop(label_tag, None)
+                self._update_datastore_file()
                 return
         return super().remove_label(label_id, label_tag)
 
@@ -124,7 +126,8 @@ class ConfinedLocalDatastore(Sam2LocalDatastore):
                 self.remove_label(image_id, tag)
             path = self._entry(self._root(), self._filename(image_id, obj.image.ext))
             if self._unlink_escaping(path):
-                self.refresh()
+                self._datastore.objects.pop(image_id, None)
+                self._update_datastore_file()
                 return
         return super().remove_image(image_id)
 
