@@ -9,6 +9,7 @@ point (the clicks protocol's first click), or its bounding box.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from lib.engine.geometry import read_image, read_label_on, volume_array
 from lib.evaluation import prompts as P
 
 PROMPT_KINDS = ("mask", "click", "box")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +95,25 @@ def load_volume(pair: dict, preset: intensity.IntensityPreset, objects: str, min
     label = np.rint(read_label_on(pair["label"], image)).astype(np.int32)
     slices = intensity.to_uint8(volume_array(image), preset)
     return LabelledVolume(pair["image_id"], pair["image"], pair["label"], slices, object_masks(label, objects, min_voxels))
+
+
+def usable_volumes(pairs: list[dict], preset: intensity.IntensityPreset, objects: str,
+                   min_voxels: int = 10) -> tuple[list[tuple[dict, LabelledVolume]], list[dict]]:
+    """Load every pair; one whose label cannot be used (unreadable, another grid, no object of
+    ``min_voxels``) is skipped with a warning instead of failing the run. Returns (usable, skipped)."""
+    usable, skipped = [], []
+    for pair in pairs:
+        try:
+            volume = load_volume(pair, preset, objects, min_voxels)
+            reason = None if volume.objects else f"no labelled object of at least {min_voxels} voxels (an empty label?)"
+        except Exception as e:  # noqa: BLE001 - any unreadable or mismatched label: skip it, name why
+            volume, reason = None, f"{type(e).__name__}: {e}"
+        if reason:
+            logger.warning(f"training: label of image {pair['image_id']!r} skipped: {reason}")
+            skipped.append({"image_id": pair["image_id"], "label": pair["label"], "reason": reason})
+        else:
+            usable.append((pair, volume))
+    return usable, skipped
 
 
 def simulated_prompt(kind: str, gt2d: np.ndarray) -> dict:
