@@ -68,7 +68,7 @@ def _params(**kw):
     from lib.training.params import parse
 
     return parse({"epochs": 2, "steps_per_epoch": 1, "clip_length": 2, "val_z_margin": 0, "checkpoint_every": 1,
-                  "prompt_types": "box,click", "objects": "any", **kw})
+                  "prompt_types": "box,click", "objects": "any", "correction_clicks": 1, **kw})
 
 
 def test_fit_trains_in_train_mode_keeps_the_best_and_checkpoints_only_trained_parameters(train_engine, tmp_path):
@@ -123,3 +123,34 @@ def test_a_run_that_gains_nothing_writes_no_version_and_says_so(train_engine, tm
     assert stats["status"] == "DONE" and stats["version"] is None and "no version written" in stats["reason"]
     after = train_engine.predictor.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_server_starting_on_a_broken_newest_version_serves_the_one_before(engine, tmp_path, caplog):
+    """What a restart does with a truncated newest ``weights.pt``: one logged error, the version listed as
+    broken, the previous version served (before: every request and the restart failed)."""
+    from lib.engine import weights
+    from lib.training.versions import write_version
+
+    key = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
+    base_value = engine.predictor.state_dict()[key].clone()
+    root = weights.versions_root(str(tmp_path))
+    config = {"base": weights.base_identity(engine), "trained_parts": ["mask_decoder"], "steps": 1}
+    good = write_version(root, {key: base_value + 1.0}, config, {}, {}, {}, [])
+    bad = write_version(root, {key: base_value + 2.0}, config, {}, {}, {}, [])
+    with open(os.path.join(root, bad, "weights.pt"), "r+b") as f:
+        f.truncate(64)
+    try:
+        with caplog.at_level("ERROR", logger="lib.engine.weights"):
+            manager = weights.attach(engine, str(tmp_path))
+            assert weights.ensure_weights(engine) == good  # and again: no second error
+        assert manager.current == good and torch.equal(engine.predictor.state_dict()[key], base_value + 1.0)
+        assert [b["name"] for b in manager.broken_list()] == [bad]
+        assert len([r for r in caplog.records if bad in r.getMessage()]) == 1
+        with pytest.raises(weights.BrokenVersion):
+            manager.set_pin(bad)
+        assert manager.current == good
+    finally:
+        manager.pin = "none"
+        weights.ensure_weights(engine)
+        weights._MANAGERS.pop(engine, None)
+    assert torch.equal(engine.predictor.state_dict()[key], base_value)

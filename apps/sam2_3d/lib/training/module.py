@@ -115,10 +115,16 @@ class Sam2Finetune(L.LightningModule):
         size = self.model.image_size
         backbone = self._backbone(clip)
         points, masks = FW.prompt_inputs(clip.prompt, height, width, size, self.device)
-        outputs = FW.video_forward(self.model, backbone, points, masks)
         gt = resize_masks(clip.gt, size).to(self.device)
+        outputs = FW.video_forward(self.model, backbone, points, masks, gt_first=gt[0],
+                                   corrections=self.params.correction_clicks, p_from_gt=0.1,
+                                   generator=self.sampler.generator(clip.index, "corrections"))
         terms = [frame_loss(o, gt[t]) for t, o in enumerate(outputs) if not o["is_prompt_mask"]]
-        loss = torch.stack([t["total"] for t in terms]).mean()
+        # SAM 2's multi-step loss: a corrected frame's earlier steps are supervised too (summed, as its
+        # MultiStepMultiMasksAndIous sums over steps)
+        step_totals = [sum((frame_loss(s, gt[t])["total"] for s in o["steps"]), torch.zeros((), device=self.device))
+                       for t, o in enumerate(outputs) if not o["is_prompt_mask"]]
+        loss = torch.stack([t["total"] + extra for t, extra in zip(terms, step_totals)]).mean()
         dice = float(torch.stack([t["frame_dice"] for t in terms]).mean())
         if self._trainer is not None:  # also usable outside a Trainer (tests, benchmarks/bench_finetune.py)
             self.log("train_loss", loss.detach(), prog_bar=False, batch_size=1)

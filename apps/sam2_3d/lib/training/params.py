@@ -37,6 +37,7 @@ class TrainParams:
     clip_length: int = 8
     image_size: int = 0  # 0: the size the server runs at
     prompt_types: str = "mask,click,box"
+    correction_clicks: int = 7  # corrective clicks from the error on a click/box-prompted slice (SAM 2.1: 7)
     objects: str = "each"  # each label value is an object; "any": label > 0 is one object
     preset: str = "auto"
     validation_split: float = 0.2
@@ -89,6 +90,7 @@ RULES = {
     # a clip of 1 slice has no tracked frame: nothing for the memory or the loss to learn from
     "clip_length": (lambda v: 2 <= v <= 64, "an integer from 2 to 64"),
     "gradient_clip": (lambda v: 0 < v <= 1000, "a number in (0, 1000]"),
+    "correction_clicks": (lambda v: 0 <= v <= 20, "an integer from 0 to 20"),
     "image_size": (lambda v: v == 0 or (64 <= v <= 1024 and v % 16 == 0), "0 (the server's size) or a multiple of 16 from 64 to 1024"),
     "validation_split": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "val_z_margin": (lambda v: v >= -1, "an integer >= -1"),
