@@ -31,7 +31,6 @@ from monailabel.interfaces.utils.app import app_instance
 from lib.engine import torch_thread
 from lib.engine.errors import EngineInputError
 from lib.engine.weights import list_versions, manager_of, standalone_state_dict, summary
-from lib.training.data import datastore_pairs
 from lib.training.params import TRAINER_NAME, TrainParamError, check_for_server, parse, request_of_train_all
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def _check(request: dict) -> None:
         check_for_server(parse(request), app.model_config.engine.image_size)
     except TrainParamError as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
-    if not datastore_pairs(app.datastore()):
+    if not app.datastore().get_labeled_images():  # ids only: nothing is downloaded from a DICOMweb store
         raise HTTPException(status_code=409, detail="no image in the datastore has a final label: save labels "
                                                     "(PUT /datastore/label?tag=final) before training")
 
