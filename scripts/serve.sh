@@ -10,6 +10,6 @@ studies=${1:?usage: scripts/serve.sh <studies folder or DICOMweb URL> [--host H]
 shift
 host=()
 case " $* " in *" --host "*|*" -i "*) ;; *) host=(--host "${SAM2_3D_HOST:-127.0.0.1}") ;; esac
-scripts/setup.sh
+scripts/setup.sh serve
 . .venv/bin/activate
 exec monailabel start_server --app apps/sam2_3d --studies "$studies" "${host[@]}" "$@"

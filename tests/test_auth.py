@@ -155,3 +155,68 @@ def test_roles_user_annotator_reviewer_admin(auth_server, idp):
     # checks still apply behind auth
     resp = requests.delete(url + "/datastore/image", params={"id": "../x"}, headers=admin, timeout=30)
     assert resp.status_code == 400
+
+
+# -- issue 16: admin routes, closed routes and archives with auth on ------------------------------------------
+def _concrete(path):
+    return (path.replace("{path:path}", "x").replace("{model}", "sam2_finetune").replace("{strategy}", "first")
+            .replace("{session_id}", "s1"))
+
+
+def test_every_admin_and_annotator_route_refuses_lower_roles(auth_server, idp):
+    """Driven by the route table: each open route's role is enforced (401 without a token, 403 below it)."""
+    from lib.web import routes_table
+
+    user, annotator = bearer(idp.token([USER], "ursula")), bearer(idp.token([USER, ANNOTATOR], "anna"))
+    checked = []
+    for row in routes_table.open_routes():
+        if row.role not in ("admin", "annotator"):
+            continue
+        lower = [user, annotator] if row.role == "admin" else [user]
+        for method in row.methods:
+            url = auth_server.url + _concrete(row.path)
+            assert requests.request(method, url, timeout=30).status_code == 401, (method, row.path)
+            for who in lower:
+                resp = requests.request(method, url, headers=who, timeout=30)
+                assert resp.status_code == 403, (method, row.path, resp.status_code, resp.text[:200])
+            checked.append((method, row.path))
+    assert len([c for c in checked if c[1].startswith("/train/")]) == 4 and len(checked) >= 10, checked
+    # an admin reaches them: the checks answer (nothing is started or deleted here)
+    admin = bearer(idp.token([USER, ADMIN], "adam"))
+    resp = requests.post(auth_server.url + "/train/", json={"epochs": "abc"}, headers=admin, timeout=30)
+    assert resp.status_code == 422, resp.text
+    assert requests.post(auth_server.url + "/train/nope", json={}, headers=admin, timeout=30).status_code == 404
+
+
+def test_reload_and_closed_routes_are_404_for_everyone(auth_server, idp):
+    """``POST /reload`` needed no login (auth on or off) and leaked ~150 MB per call: now closed, like every
+    route no client needs, even for an admin."""
+    admin = bearer(idp.token([USER, ANNOTATOR, ADMIN], "adam"))
+    for method, path in [("POST", "/reload"), ("GET", "/logs/"), ("GET", "/logs/gpu"), ("PUT", "/model/sam2_point"),
+                         ("GET", "/model/sam2_point"), ("POST", "/scoring/nope"), ("POST", "/batch/infer/nope"),
+                         ("GET", "/datastore/dataset"), ("GET", "/openapi.json"), ("POST", "/infer/wsi/sam2_point")]:
+        for headers in ({}, admin):
+            resp = requests.request(method, auth_server.url + path, headers=headers, timeout=30)
+            assert resp.status_code == 404, (method, path, resp.status_code, resp.text[:200])
+
+
+def test_archives_and_cross_origin_writes_with_auth_on(auth_server, idp, tmp_path):
+    import io
+    import tarfile
+
+    user = bearer(idp.token([USER], "ursula"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo(str(tmp_path / "PWNED"))
+        info.size = 2
+        t.addfile(info, io.BytesIO(b"x\n"))
+    resp = requests.put(auth_server.url + "/session/?uncompress=true", files={"files": ("e.tar", buf.getvalue())},
+                        headers=user, timeout=30)
+    assert resp.status_code == 400 and not (tmp_path / "PWNED").exists(), resp.text
+    # a page of another origin holding a valid token still cannot write; the configured viewer can
+    evil = requests.post(auth_server.url + "/activelearning/first", json={"client_id": "x"},
+                         headers={**user, "Origin": "http://evil.example"}, timeout=30)
+    assert evil.status_code == 403
+    viewer = requests.post(auth_server.url + "/activelearning/first", json={"client_id": "x"},
+                           headers={**user, "Origin": VIEWER}, timeout=30)
+    assert viewer.status_code == 200, viewer.text

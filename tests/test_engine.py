@@ -59,6 +59,10 @@ def test_registry_covers_sam2_and_sam21_in_four_sizes():
         for size in ("tiny", "small", "base_plus", "large"):
             assert f"{family}_hiera_{size}" in names
     for spec in REGISTRY.values():
+        if spec.family == "MedSAM2":
+            assert spec.url == "https://huggingface.co/wanglab/MedSAM2/resolve/main/" + spec.filename
+            assert spec.sha256 is None and spec.size is None  # nobody publishes them: checked by loading
+            continue
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/segment_anything_2/") and spec.url.endswith(spec.filename)
         assert len(spec.sha256) == 64 and spec.size > 100_000_000
         assert (sam2.__path__[0] + "/" + spec.config) and __import__("os").path.isfile(sam2.__path__[0] + "/" + spec.config)
@@ -96,6 +100,35 @@ def test_a_checkpoint_file_is_loaded_by_sam2s_own_loader(engine, tmp_path):
     torch.save({"model": state}, path)
     with pytest.raises(RuntimeError):
         build_predictor(resolve_checkpoint(str(path)), device="cpu", image_size=TEST_IMAGE_SIZE)
+
+
+def test_medsam2_names_build_sam21_tiny_at_512_px_and_load_their_files(tmp_path):
+    """MedSAM2 (bowang-lab) by name: SAM 2.1 Hiera-T with its published 512 px hyper-parameters. RANDOM
+    WEIGHTS: no MedSAM2 file can be downloaded here, so a file of the right shapes is made from them."""
+    names = ["MedSAM2_latest", "MedSAM2_2411", "MedSAM2_CTLesion", "MedSAM2_MRI_LiverLesion", "MedSAM2_US_Heart"]
+    assert all(n in REGISTRY for n in names)
+    with pytest.raises(CheckpointMissing, match="download_ckpts.py MedSAM2_latest"):
+        resolve_checkpoint("MedSAM2_latest")
+    torch.manual_seed(0)
+    built = build_predictor(resolve_checkpoint("MedSAM2_latest", random_weights=True), device="cpu")
+    assert built.image_size == 512 and built.sam_image_embedding_size == 32
+    for attention in ("self_attn", "cross_attn_image"):
+        layer = getattr(built.memory_attention.layers[0], attention)
+        assert layer.freqs_cis.shape[0] == 32 * 32  # RoPE tables for a 32x32 feature map, as MedSAM2's config
+    # the same shapes as SAM 2.1 tiny: a MedSAM2 file is a SAM 2.1-tiny state dict
+    tiny = build_predictor(resolve_checkpoint("sam2.1_hiera_tiny", random_weights=True), device="cpu")
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in tiny.state_dict().items()}
+    # a user's file named like the published one loads strictly through SAM 2's own loader, at 512 px
+    path = tmp_path / "MedSAM2_latest.pt"
+    torch.save({"model": built.state_dict()}, path)
+    resolved = resolve_checkpoint(str(path))
+    assert resolved.path == str(path) and resolved.name == "MedSAM2_latest.pt"
+    loaded = build_predictor(resolved, device="cpu")
+    assert loaded.image_size == 512
+    for (name, a), (_, b) in zip(built.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    # the server's image_size still wins over the entry's 512
+    assert build_predictor(resolved, device="cpu", image_size=256).image_size == 256
 
 
 def test_presets_do_not_modify_the_volume():

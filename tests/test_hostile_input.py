@@ -386,3 +386,87 @@ def test_generated_saves_and_infos_never_get_a_5xx_or_change_the_datastore(hserv
         assert resp.json().get("detail"), resp.text
         assert datastore_state(hserver) == before
     assert healthy(hserver.url)
+
+
+# -- generated requests on every route of the route table (issue 16) ------------------------------------------
+from lib.web import routes_table  # noqa: E402
+
+ROUTE_COUNTS = {"requests": 0, "2xx": 0, "4xx": 0, "5xx": 0, "path attempts": 0, "escapes": 0, "routes": 0}
+PATHY = ["..", "../outside.txt", "../../outside.txt", "/etc/passwd", "%2e%2e", "a/../../b", "~root", ".hidden",
+         "x\\..\\y", "tin\x00y", "é" * 120, "", " ", "-1", "0"]
+PARAM_NAMES = ["image", "label", "tag", "id", "session_id", "output", "uncompress", "expiry", "run_sync",
+               "check_if_running", "update_ts", "params", "info", "image_id", "client_id", "limit_cases", "check_sum"]
+KEEP = (TINY, "other")  # never generated where a DELETE could remove them
+names = st.one_of(st.sampled_from(PATHY + [TINY, "final", "first", "sam2_point", "sam2_finetune", "nope", "true"]),
+                  st.text(max_size=16))
+query_values = st.one_of(names, st.sampled_from(["all", "stats", "train", "image", "json", "dicom_seg", "1", "yes"]))
+bodies = st.one_of(
+    st.none(),
+    st.builds(lambda t: ("json", t), st.one_of(params_strategy.map(_dump), st.text(max_size=40))),
+    st.builds(lambda k, t: ("form", {k: t}), st.sampled_from(["params", "info", "client_id"]),
+              st.one_of(params_strategy.map(_dump), st.text(max_size=40))),
+    st.builds(lambda k, n, b: ("files", {k: (n, b)}), st.sampled_from(["file", "label", "files"]),
+              st.one_of(names, st.sampled_from(["x.nii.gz", "l.nrrd", "e.tar", "a.dcm"])), st.binary(max_size=64)),
+)
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+def _is_path_attempt(value) -> bool:
+    return isinstance(value, str) and (".." in value or value.startswith(("/", "\\", "~")) or "%2e" in value.lower())
+
+
+def _root_listing(srv):
+    return sorted(p.name for p in srv.root.iterdir())
+
+
+@settings(max_examples=int(os.environ.get("SAM2_3D_ROUTE_EXAMPLES", "300")), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(row=st.one_of(st.sampled_from(routes_table.open_routes()), st.sampled_from(routes_table.ROUTES)), data=st.data())
+def test_generated_requests_on_every_route_never_get_a_5xx_or_escape(hserver, row, data):
+    """Every row of lib/web/routes_table.py, open or closed: generated methods, path parameters, query
+    and bodies. Never a 5xx; the server keeps answering; a refused request leaves the datastore as it was;
+    nothing appears in, or disappears from, the folder around the studies."""
+    if not hasattr(hserver, "root_listing"):
+        (hserver.root / "sessions").mkdir(exist_ok=True)  # monailabel makes it at the first session
+        hserver.root_listing = _root_listing(hserver)
+    method = data.draw(st.sampled_from(row.methods) | st.sampled_from(row.methods) | st.sampled_from(ANY_METHOD), "method")
+    path, values = row.path, []
+    for template in ("{model}", "{strategy}", "{session_id}", "{method}", "{path:path}"):
+        if template in path:
+            value = data.draw(names.filter(lambda n: n not in KEEP) if method == "DELETE" else names, template)
+            values.append(value)
+            path = path.replace(template, requests.utils.quote(value, safe="") or "x")
+    query = data.draw(st.dictionaries(st.sampled_from(PARAM_NAMES), query_values, max_size=4), "query")
+    if method == "DELETE":
+        query = {k: v for k, v in query.items() if v not in KEEP}
+    body = data.draw(bodies, "body")
+    kwargs = {}
+    if body is not None:
+        kind, content = body
+        if row.path.startswith("/train/") and method == "POST":
+            kind, content = "json", json.dumps({"hostile": 1})  # never a valid training request: none starts
+        if kind == "json":
+            kwargs = {"data": content.encode("utf-8", "surrogatepass"), "headers": {"Content-Type": "application/json"}}
+        elif kind == "form":
+            kwargs = {"data": content}
+        else:
+            kwargs = {"files": content}
+    elif row.path.startswith("/train/") and method == "POST":
+        kwargs = {"json": {"hostile": 1}}
+    ROUTE_COUNTS["requests"] += 1
+    ROUTE_COUNTS["path attempts"] += any(_is_path_attempt(v) for v in values + list(query.values()))
+    before = datastore_state(hserver)
+    resp = requests.request(method, hserver.url + path, params=query, timeout=120, **kwargs)
+    ROUTE_COUNTS[f"{resp.status_code // 100}xx"] = ROUTE_COUNTS.get(f"{resp.status_code // 100}xx", 0) + 1
+    ROUTE_COUNTS.setdefault("by status", {})
+    ROUTE_COUNTS["by status"][str(resp.status_code)] = ROUTE_COUNTS["by status"].get(str(resp.status_code), 0) + 1
+    assert resp.status_code < 500, (method, path, query, body, resp.status_code, resp.text[:300])
+    assert healthy(hserver.url)
+    if resp.status_code >= 400:
+        assert datastore_state(hserver) == before, (method, path, query, resp.status_code)
+    escaped = _root_listing(hserver) != hserver.root_listing or (hserver.root / "outside.txt").read_text() != "must survive"
+    ROUTE_COUNTS["escapes"] += escaped
+    assert not escaped, (method, path, query, _root_listing(hserver))
+    assert os.path.isfile(hserver.root / "studies" / f"{TINY}.nii.gz")
+    ROUTE_COUNTS["routes"] = len(routes_table.ROUTES)
+    MEASURED["generated requests on every route (issue 16)"] = json.loads(json.dumps(ROUTE_COUNTS))

@@ -22,7 +22,7 @@ import requests
 import SimpleITK as sitk
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-from conftest import APP_DIR, STUDY_FILES, same_grid, shared
+from conftest import APP_DIR, STUDY_FILES, TEST_IMAGE_SIZE, same_grid, shared
 
 IMAGE = "spinalcord_t2"  # 60 x 55 x 52, permuted axes: small and non-trivial
 SIZE = (60, 55, 52)
@@ -82,6 +82,10 @@ def test_info_lists_models_the_clients_show(server):
         assert model["labels"] and isinstance(model["labels"], list)
         assert model["random_weights"] is True and "RANDOM WEIGHTS" in model["description"]
         assert model["compiled"] is None  # a CPU server never compiles (tests/test_compile.py)
+        assert model["compiled_note"].startswith("not compiled: eager PyTorch")
+        # what is served: the weights the next request runs on, at which size, where, in which precision
+        assert model["checkpoint"] == "sam2.1_hiera_tiny" and model["weights"] == "base", model
+        assert model["image_size"] == TEST_IMAGE_SIZE and model["device"] == "cpu" and model["dtype"] == "float32"
     assert models["sam2_2d"]["dimension"] == 2 and models["sam2_point"]["dimension"] == 3
 
 

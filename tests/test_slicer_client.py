@@ -107,10 +107,17 @@ def test_slicer_local_volume_click_box_switch_save_next(slicer_server, tmp_path)
     assert "final" in ds["objects"][node]["labels"]
     sample = client.next_sample("first", {"client_id": "slicer-user"})
     assert sample["id"] == "pyradiomics_brain", "the labelled volume is done; next is the first unlabelled"
-    assert os.path.exists(sample["path"])
+    # no server path in the answer (issue 16): Slicer then downloads the image by id, as from a remote server
+    assert "path" not in sample
+    import requests
+
+    download = requests.get(slicer_server.url + "/datastore/image", params={"image": sample["id"]}, timeout=60)
+    assert download.status_code == 200
+    local_copy = tmp_path / sample["name"]
+    local_copy.write_bytes(download.content)
 
     # The sample is then opened by id (no session): a click on it works the same way.
-    brain = sitk.ReadImage(sample["path"])
+    brain = sitk.ReadImage(str(local_copy))
     bi, bj, bk = brain.GetSize()
     params = _slicer_params(deepgrow["sam2_2d"], label="tumour", foreground=[[bi // 2, bj // 2, bk // 2]],
                             background=[], slice=bk // 2)

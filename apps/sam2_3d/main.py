@@ -10,8 +10,11 @@ in a DICOMweb PACS (e.g. Orthanc) as DICOM SEG written by highdicom.
 
 from __future__ import annotations
 
+import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 
 from fastapi import HTTPException
@@ -27,6 +30,7 @@ from lib.datastore.history import DEFAULT_HISTORY, Sam2LocalDatastore
 from lib.datastore.names import check_name
 from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
 from lib.engine.errors import ImageNotFound, UnknownOption
+from lib.engine.options import check_conf
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +49,53 @@ def _exit_at_start_up(message: str) -> None:
     os._exit(2)
 
 
+# The versions whose internals the app relies on (SAM 2's inference state and predictor methods,
+# monailabel's endpoints and app class); scripts/setup.sh installs exactly these.
+WRITTEN_AGAINST = {"sam2": "1.1.0", "monailabel": "0.8.5"}
+
+
+def _check_versions() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package, wanted in WRITTEN_AGAINST.items():
+        try:
+            found = version(package)
+        except PackageNotFoundError:
+            found = "none"
+        if found != wanted:
+            _exit_at_start_up(
+                f"{package} {found} is installed, but sam2-3d is written against {package} {wanted} "
+                f"(it uses its internals): run scripts/setup.sh, or pip install {package}=={wanted}"
+            )
+
+
+def _check_port_free() -> None:
+    """Fail at once when ``start_server``'s port is taken: uvicorn binds only after the app (and SAM 2) loaded."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-i", "--host", default="0.0.0.0")
+    parser.add_argument("-p", "--port", type=int, default=8000)
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((args.host, args.port))
+        except OSError as e:
+            why = "is already in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            _exit_at_start_up(f"port {args.port} on {args.host} {why}: stop the other server or pass --port")
+
+
 class Sam2App(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict):
+        _check_versions()
+        try:
+            check_conf(conf)
+        except UnknownOption as e:
+            _exit_at_start_up(str(e))
+        if sys.modules.get("monailabel.app") is not None and "start_server" in sys.argv:
+            _check_port_free()
         self.model_config = Sam2Config()
         try:
-            self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore())
+            self.model_config.init("sam2", app_dir, conf, None, datastore=lambda: self.datastore(), studies=studies)
         except (CheckpointMissing, CheckpointCorrupt, UnknownOption) as e:
             _exit_at_start_up(str(e))
         super().__init__(
@@ -141,6 +187,10 @@ class Sam2App(MONAILabelApp):
             from lib.trainers import endpoint
 
             endpoint.install(web.app)  # 422 for bad training parameters, before a process starts
+        if web is not None:
+            from lib.web import gate
+
+            gate.install(web.app, self)  # last: deny by default (lib/web/routes_table.py), no cross-origin writes
 
     def infer(self, request, datastore=None):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so

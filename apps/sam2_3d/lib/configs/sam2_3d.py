@@ -18,13 +18,18 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
 * ``offload_state_above`` (256): on a GPU, longer volumes keep SAM 2's per-slice state in CPU memory;
 * ``label_history`` (10): replaced ``final`` labels kept per image in ``<studies>/.replaced_labels/``.
 * ``finetuned``: a fine-tuned version to pin (``v0003``), ``none`` for the base model; default: the newest;
-* ``model_dir``: where fine-tuned versions live (default ``<app>/model``; versions in ``finetuned/``).
+* ``model_dir``: where fine-tuned versions live (versions in ``finetuned/``); default: with the datastore,
+  ``<studies>/.sam2-3d/model`` for a local folder, ``<app>/model/dicomweb-<host>-<hash of the URL>`` for a
+  DICOMweb server, so two servers from one checkout on two datastores never serve each other's versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
+from urllib.parse import urlsplit
 
 from monailabel.interfaces.config import TaskConfig
 
@@ -39,13 +44,35 @@ logger = logging.getLogger(__name__)
 TASKS = {"sam2_point": "point", "sam2_box": "box", "sam2_propagate": "propagate", "sam2_2d": "slice2d"}
 
 
+def default_model_dir(app_dir: str, studies: str) -> str:
+    """Fine-tuned versions belong to the datastore whose labels trained them."""
+    if studies.startswith(("http://", "https://")):
+        host = re.sub(r"[^A-Za-z0-9.-]+", "-", urlsplit(studies).netloc)
+        digest = hashlib.sha256(studies.rstrip("/").encode()).hexdigest()[:12]
+        return os.path.join(app_dir, "model", f"dicomweb-{host}-{digest}")
+    return os.path.join(studies, ".sam2-3d", "model")
+
+
+def _warn_about_old_default(app_dir: str, chosen: str) -> None:
+    old = os.path.join(app_dir, "model", "finetuned")
+    if os.path.realpath(chosen) != os.path.realpath(os.path.dirname(old)) and os.path.isdir(old) and any(
+            n.startswith("v") for n in os.listdir(old)):
+        logger.warning(f"fine-tuned versions in {old} (the folder every server of this checkout shared before) are "
+                       f"not served by this datastore's server: pass --conf model_dir {os.path.dirname(old)} to use them")
+
+
 class Sam2Config(TaskConfig):
     def init(self, name: str, model_dir: str, conf: dict, planner, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.labels = [s.strip() for s in str(conf.get("labels", "object")).split(",") if s.strip()] or ["object"]
         self.engine = torch_thread.run(engine_from_conf, conf)  # built where every request will run
         self.datastore = kwargs.get("datastore")
-        self.versions_dir = conf.get("model_dir") or os.path.join(model_dir, "model")
+        studies = kwargs.get("studies")
+        self.versions_dir = conf.get("model_dir") or (
+            default_model_dir(model_dir, studies) if studies else os.path.join(model_dir, "model"))
+        logger.info(f"fine-tuned versions: {self.versions_dir}")
+        if not conf.get("model_dir"):
+            _warn_about_old_default(model_dir, self.versions_dir)
         torch_thread.run(attach_versions, self.engine, self.versions_dir, conf.get("finetuned"))  # loads weights
 
     def infer(self):

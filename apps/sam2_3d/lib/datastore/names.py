@@ -18,8 +18,9 @@ def check_name(value, what: str = "id") -> str:
     """``value`` if it is a plain datastore name; else ``UnsafeName`` (HTTP 400) saying why."""
     if not isinstance(value, str) or not value:
         raise UnsafeName(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_NAME_LENGTH:
-        raise UnsafeName(f"{what} is {len(value)} characters long; at most {MAX_NAME_LENGTH} are allowed")
+    size = len(value.encode("utf-8", "surrogatepass"))  # file systems limit bytes (255), not characters
+    if size > MAX_NAME_LENGTH:
+        raise UnsafeName(f"{what} is {size} bytes long in UTF-8; at most {MAX_NAME_LENGTH} are allowed")
     if "/" in value or "\\" in value:
         raise UnsafeName(f"{what} {value!r} contains a path separator; ids and tags are plain names, not paths")
     if value in (".", "..") or ".." in value:

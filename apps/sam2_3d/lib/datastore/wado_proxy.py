@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 
 import requests
-from fastapi import Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 
 from monailabel.config import settings
+from monailabel.endpoints.user.auth import RBAC, User
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ PATH = "/proxy/dicom/wado/{path:path}"
 FORWARDED = ("accept",)
 
 
-async def wado_get(request: Request, path: str):
+async def wado_get(request: Request, path: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    # the role monailabel's own route requires (without it, auth on left the PACS's images open to anyone)
     auth = None
     if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
         auth = (settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD)

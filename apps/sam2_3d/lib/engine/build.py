@@ -11,12 +11,9 @@ import torch
 from .checkpoints import CheckpointCorrupt, resolve_checkpoint
 from .engine import Sam2VolumeEngine
 from .model import RANDOM_WEIGHTS_WARNING, build_predictor
+from .options import parse_bool as _flag
 
 logger = logging.getLogger(__name__)
-
-
-def _flag(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
@@ -46,6 +43,13 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         ) from e
     name = ckpt.name + (" (RANDOM WEIGHTS)" if random_weights else "")
     logger.info(f"SAM 2 engine: {name}, config {ckpt.config}, image size {predictor.image_size}, device {device}")
+    if device == "cpu" and predictor.image_size > 512:
+        # the figure is SAM 2.1 tiny on a 2-core CI machine (docs/benchmark.md); cost grows with the pixel count
+        logger.warning(
+            f"SAM 2 runs at {predictor.image_size} px on the CPU: expect seconds per slice (SAM 2.1 tiny at 1024 px "
+            f"took ~8 s per propagated slice on 2 cores). --conf image_size 512, or a MedSAM2 checkpoint (512 px), "
+            f"is ~4x cheaper"
+        )
     if random_weights:
         logger.warning(RANDOM_WEIGHTS_WARNING)
     engine = Sam2VolumeEngine(

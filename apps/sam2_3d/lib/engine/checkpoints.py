@@ -1,4 +1,4 @@
-"""Registry of the public SAM 2 / SAM 2.1 checkpoints: name -> config, file, checksum, URL.
+"""Registry of the public SAM 2 / SAM 2.1 checkpoints and MedSAM2's: name -> config, file, checksum, URL.
 
 ``checkpoints/download_ckpts.py`` downloads these files into ``checkpoints/``; the server resolves
 ``--conf checkpoint <name|path.pt>`` here and fails at start-up with the missing file and the
@@ -19,6 +19,17 @@ DOWNLOAD_COMMAND = "python checkpoints/download_ckpts.py"
 
 _SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
 _SAM21_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_MEDSAM2_URL = "https://huggingface.co/wanglab/MedSAM2/resolve/main/"
+
+# MedSAM2 (bowang-lab) is SAM 2.1 Hiera-T fine-tuned at 512 px. Its repository ships
+# sam2/configs/sam2.1_hiera_t512.yaml, which differs from SAM 2's sam2.1_hiera_t.yaml in three values only:
+# the input size and the memory attention's RoPE feature sizes (512 px / stride 16 = 32). We build it as
+# SAM 2's own config with those three values overridden rather than keeping a copy of the file.
+MEDSAM2_OVERRIDES = (
+    "++model.image_size=512",
+    "++model.memory_attention.layer.self_attention.feat_sizes=[32,32]",
+    "++model.memory_attention.layer.cross_attention.feat_sizes=[32,32]",
+)
 
 
 @dataclass(frozen=True)
@@ -29,16 +40,25 @@ class CheckpointSpec:
     url: str
     # Meta publishes no checksums; these SHA-256 values and sizes are the ones pinned by other projects
     # (micro-sam's micro_sam/v2/util.py for SAM 2.1, SlicerSegmentWithSAM for SAM 2), where several agree.
-    sha256: str
-    size: int
+    # None where nobody pins one (MedSAM2): such a file is checked only by loading it strictly.
+    sha256: str | None
+    size: int | None
+    # hydra overrides applied on top of ``config`` (MedSAM2's 512 px), before the user's ``image_size``
+    overrides: tuple[str, ...] = ()
+    family: str = "SAM 2"
 
     @property
     def path(self) -> str:
         return os.path.join(CHECKPOINT_DIR, self.filename)
 
 
-def _spec(name, config, filename, base_url, sha256, size):
-    return CheckpointSpec(name, config, filename, base_url + filename, sha256, size)
+def _spec(name, config, filename, base_url, sha256, size, **kw):
+    return CheckpointSpec(name, config, filename, base_url + filename, sha256, size, **kw)
+
+
+def _medsam2(name):
+    return _spec(name, "configs/sam2.1/sam2.1_hiera_t.yaml", name + ".pt", _MEDSAM2_URL, None, None,
+                 overrides=MEDSAM2_OVERRIDES, family="MedSAM2")
 
 
 REGISTRY: dict[str, CheckpointSpec] = {
@@ -52,6 +72,12 @@ REGISTRY: dict[str, CheckpointSpec] = {
         _spec("sam2.1_hiera_small", "configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt", _SAM21_URL, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", 184416285),
         _spec("sam2.1_hiera_base_plus", "configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt", _SAM21_URL, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", 323606802),
         _spec("sam2.1_hiera_large", "configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt", _SAM21_URL, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", 898083611),
+        # MedSAM2's published files (its download.sh); MedSAM2_latest is the one its README recommends
+        _medsam2("MedSAM2_latest"),
+        _medsam2("MedSAM2_2411"),
+        _medsam2("MedSAM2_CTLesion"),
+        _medsam2("MedSAM2_MRI_LiverLesion"),
+        _medsam2("MedSAM2_US_Heart"),
     ]
 }
 DEFAULT_CHECKPOINT = "sam2.1_hiera_tiny"
@@ -73,17 +99,24 @@ class ResolvedCheckpoint:
     random_weights: bool
 
     @property
+    def overrides(self) -> tuple[str, ...]:
+        return self.spec.overrides if self.spec else ()
+
+    @property
     def name(self) -> str:
-        return self.spec.name if self.spec else os.path.basename(self.path or "")
+        if self.spec and self.path in (None, self.spec.path):
+            return self.spec.name
+        return os.path.basename(self.path or "")
 
 
-def _config_for_file(path: str, config: str | None) -> str:
+def _spec_for_file(path: str, config: str | None) -> CheckpointSpec | None:
+    """The registry entry a user's file is named like (its config and overrides), None with ``config``."""
     if config:
-        return config
+        return None
     base = os.path.basename(path)
     for spec in REGISTRY.values():
         if base == spec.filename:
-            return spec.config
+            return spec
     raise UnknownOption(
         f"cannot tell the SAM 2 config of checkpoint file {path!r}: name it like a registry file "
         f"({', '.join(s.filename for s in REGISTRY.values())}) or pass --conf config configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -91,14 +124,15 @@ def _config_for_file(path: str, config: str | None) -> str:
 
 
 def check_file(spec: CheckpointSpec, path: str, verify: bool = False) -> None:
-    """Size always (a truncated download is the usual corruption), SHA-256 too with ``verify``."""
+    """Size always (a truncated download is the usual corruption), SHA-256 too with ``verify``; files with
+    no pinned size or checksum (MedSAM2) are checked by loading them strictly."""
     size = os.path.getsize(path)
-    if size != spec.size:
+    if spec.size is not None and size != spec.size:
         raise CheckpointCorrupt(
             f"SAM 2 checkpoint {path} is {size:,} bytes, but {spec.name} is {spec.size:,} bytes (an interrupted "
             f"or wrong download?). Download it again with:\n    {DOWNLOAD_COMMAND} {spec.name}"
         )
-    if verify:
+    if verify and spec.sha256 is not None:
         digest = sha256_of(path)
         if digest != spec.sha256:
             raise CheckpointCorrupt(
@@ -130,10 +164,11 @@ def resolve_checkpoint(
     if name_or_path.endswith(".pt"):
         if not random_weights and not os.path.isfile(name_or_path):
             raise CheckpointMissing(f"SAM 2 checkpoint file not found: {name_or_path}")
-        cfg = _config_for_file(name_or_path, config)
+        spec = _spec_for_file(name_or_path, config)
+        cfg = config or spec.config
         if random_weights:
-            return ResolvedCheckpoint(None, cfg, None, True)
-        return ResolvedCheckpoint(None, cfg, os.path.abspath(name_or_path), False)
+            return ResolvedCheckpoint(spec, cfg, None, True)
+        return ResolvedCheckpoint(spec, cfg, os.path.abspath(name_or_path), False)
     raise UnknownOption(
         f"unknown checkpoint {name_or_path!r}; known names: {', '.join(REGISTRY)} (or a path to a .pt file)"
     )

@@ -251,7 +251,8 @@ def lazy_constants_as(model, inference: bool) -> None:
 
 def build_predictor(checkpoint: ResolvedCheckpoint, device: str = "cpu", image_size: int | None = None):
     """Build the SAM 2 video predictor for a resolved checkpoint (or random weights, loudly)."""
-    overrides = [f"++model.image_size={int(image_size)}"] if image_size else []
+    # the registry entry's own overrides first (MedSAM2's 512 px config), then the server's image_size
+    overrides = list(checkpoint.overrides) + ([f"++model.image_size={int(image_size)}"] if image_size else [])
     if checkpoint.random_weights:
         logger.warning(RANDOM_WEIGHTS_WARNING)
     predictor = build_sam2_video_predictor(

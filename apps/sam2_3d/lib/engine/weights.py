@@ -301,3 +301,16 @@ def weights_in_use(engine) -> str:
     manager = _MANAGERS.get(engine)
     name = manager.current if manager else BASE
     return BASE if name == BASE else f"finetuned/{name}"
+
+
+def weights_served_next(engine) -> str:
+    """What the next request will run on (``/info/``): the wanted version, even before a request loads it;
+    ``base`` names the checkpoint's own weights."""
+    manager = _MANAGERS.get(engine)
+    if manager is None:
+        return BASE
+    try:
+        version = manager.wanted()
+    except UnknownOption:  # a pinned version that is gone: requests answer 400 naming it
+        return weights_in_use(engine)
+    return f"finetuned/{version['name']}" if version else BASE

@@ -23,6 +23,7 @@ from ..engine.errors import BadRequestValue, ImageNotFound, UnknownOption, Unrea
 
 MAX_PARAMS_BYTES = 4 << 20  # prompts are a few KB; a mask travels as a file, never inside params
 MAX_ABS_NUMBER = 1e9  # no voxel index, slice or window is larger; bigger values only overflow later
+MAX_DEPTH = 32  # prompts nest 3 deep; monailabel deep-copies and logs params recursively (900 deep: 500)
 INT_FIELDS = ("start_slice", "end_slice", "auto_stop", "label_value", "slice")
 NAME_FIELDS = ("label_tag",)
 # Keys monailabel fills from the query, the uploads or the session: a client setting them in params
@@ -56,18 +57,20 @@ def parse_params(text: str | None, field: str = "params") -> dict:
 
 def check_numbers(value: Any, where: str) -> None:
     """Every number anywhere in ``value`` is finite and of a size a volume could have."""
-    stack = [(value, where)]
+    stack = [(value, where, 0)]
     while stack:
-        v, path = stack.pop()
+        v, path, depth = stack.pop()
         if isinstance(v, bool) or v is None or isinstance(v, str):
             continue
+        if depth > MAX_DEPTH:
+            raise BadRequestValue(f"{where} is nested more than {MAX_DEPTH} levels deep")
         if isinstance(v, (int, float)):
             if isinstance(v, float) and not math.isfinite(v) or abs(v) > MAX_ABS_NUMBER:
                 raise BadRequestValue(f"{path} = {v!r} is not a finite number of a sensible size (|x| <= 1e9)")
         elif isinstance(v, dict):
-            stack.extend((item, f"{path}.{k}") for k, item in v.items())
+            stack.extend((item, f"{path}.{k}", depth + 1) for k, item in v.items())
         elif isinstance(v, (list, tuple)):
-            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(v))
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
 
 
 def check_http_infer(app, model: str, image: str, session_id: str, params: dict, output, file_name, label_name):

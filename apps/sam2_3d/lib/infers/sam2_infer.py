@@ -36,7 +36,7 @@ from ..engine.compiled import compile_status
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
 from .request_checks import check_infer_request
-from ..engine.weights import ensure_weights, weights_in_use
+from ..engine.weights import ensure_weights, weights_in_use, weights_served_next
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,14 @@ class Sam2InferTask(InferTask):
         info = super().info()
         info["checkpoint"] = self.engine.checkpoint_name
         info["random_weights"] = self.engine.random_weights
+        info["weights"] = weights_served_next(self.engine)
+        info["image_size"] = self.engine.image_size
+        info["device"] = str(self.engine.device)
+        info["dtype"] = self.engine.dtype or "float32"
         info["compiled"] = compile_status(self.engine)
+        if info["compiled"] is None:
+            info["compiled_note"] = ("not compiled: eager PyTorch (--conf compile true compiles SAM 2's tracking "
+                                     "modules on CUDA)")
         return info
 
     def is_valid(self) -> bool:

@@ -2,8 +2,9 @@
 
 monailabel's train endpoints start the child process at once and answer 200 whatever the parameters; a
 bad value would only show up as an ERROR status later. These routes, put ahead of monailabel's, answer
-4xx before any process starts (422 naming every bad parameter, also for ``POST /train/`` with a body;
-409 when no image has a final label), and otherwise hand the request to monailabel's own functions.
+4xx before any process starts (422 naming every bad parameter; 409 when no image has a final label), and
+otherwise hand the request to monailabel's own functions. ``POST /train/`` with a body comes here through
+``lib/web/wrapped.py``.
 
 Versions (``lib/engine/weights.py``): ``GET .../versions`` lists them (with the broken ones and the one in
 use), ``PUT .../versions/in_use?version=v0002|base|newest`` rolls back or forward at once (admin),
@@ -24,14 +25,14 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from monailabel.config import settings
-from monailabel.endpoints.train import run, run_model
+from monailabel.endpoints.train import run_model
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
 from lib.engine import torch_thread
 from lib.engine.errors import EngineInputError
-from lib.engine.weights import list_versions, manager_of, standalone_state_dict, summary
-from lib.training.params import TRAINER_NAME, TrainParamError, check_for_server, parse, request_of_train_all
+from lib.engine.weights import list_versions, manager_of, standalone_state_dict, summary, weights_served_next
+from lib.training.params import TRAINER_NAME, TrainParamError, check_for_server, parse
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +60,6 @@ async def train_with_checked_params(
     return run_model(MODEL, params, run_sync, enqueue)
 
 
-async def train_all_with_checked_params(
-    params: Optional[dict] = None,
-    run_sync: Optional[bool] = False,
-    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
-):
-    await run_in_threadpool(_check, request_of_train_all(params))
-    return run(params, run_sync)
-
-
 def _manager():
     manager = manager_of(app_instance().model_config.engine)
     if manager is None:
@@ -79,7 +71,7 @@ def _listing(manager) -> dict:
     broken = {b["name"]: b["error"] for b in manager.broken_list()}
     return {
         "versions": [{**summary(v), "broken": broken.get(v["name"])} for v in list_versions(manager.root)],
-        "weights_in_use": manager.wanted_name(),
+        "weights_in_use": weights_served_next(manager.engine),
         "pinned": manager.pin,
         "broken_versions": manager.broken_list(),
     }
@@ -119,7 +111,6 @@ async def export_version(name: str, user: User = Depends(RBAC(settings.MONAI_LAB
 
 ROUTES = [
     (f"/train/{MODEL}", train_with_checked_params, ["POST"]),
-    ("/train/", train_all_with_checked_params, ["POST"]),
     (f"/train/{MODEL}/versions", list_model_versions, ["GET"]),
     (f"/train/{MODEL}/versions/in_use", set_version_in_use, ["PUT"]),
     (f"/train/{MODEL}/versions/{{name}}/export", export_version, ["GET"]),

@@ -17,7 +17,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.async_tasks.utils import tasks
 
 from lib.engine import torch_thread
-from lib.engine.weights import list_versions, manager_of, summary, versions_root, weights_in_use
+from lib.engine.weights import list_versions, manager_of, summary, versions_root, weights_in_use, weights_served_next
 from lib.training.params import config_defaults, parse
 from lib.training.run import publish_end, read_progress, train
 
@@ -41,7 +41,7 @@ class Sam2FinetuneTask(TrainTask):
         info["versions"] = [summary(v) for v in list_versions(versions_root(self.model_dir))]
         # what the next request is served with (every request loads the wanted version first), so a
         # version finished or rolled back a moment ago shows at once; "weights_loaded" is what sits in memory
-        info["weights_in_use"] = manager.wanted_name() if manager else weights_in_use(self.engine)
+        info["weights_in_use"] = weights_served_next(self.engine)
         info["weights_loaded"] = weights_in_use(self.engine)
         info["pinned"] = manager.pin if manager else None
         info["broken_versions"] = manager.broken_list() if manager else []

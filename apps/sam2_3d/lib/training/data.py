@@ -111,7 +111,7 @@ def usable_volumes(pairs: list[dict], preset: intensity.IntensityPreset, objects
             volume, reason = None, f"{type(e).__name__}: {e}"
         if reason:
             logger.warning(f"training: label of image {pair['image_id']!r} skipped: {reason}")
-            skipped.append({"image_id": pair["image_id"], "label": pair["label"], "reason": reason})
+            skipped.append({"image_id": pair["image_id"], "reason": reason})  # no server path: clients see it
         else:
             usable.append((pair, volume))
     return usable, skipped

@@ -217,7 +217,9 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
             aside = f"{run_dir}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.ckpt"
             os.replace(last, aside)
             shutil.rmtree(run_dir, ignore_errors=True)  # its history and best belong to the lost checkpoint
-            resume_note = f"resume checkpoint unreadable ({error}); moved aside to {aside}; started fresh"
+            # train_stats is an answer to clients: the file's name, not the server's folders
+            resume_note = (f"resume checkpoint unreadable ({error}); moved aside as {os.path.basename(aside)}; "
+                           "started fresh")
             say(resume_note)
             logger.error(f"sam2_finetune: {resume_note}")
     os.makedirs(run_dir, exist_ok=True)

@@ -11,7 +11,8 @@ and allow any origin *with credentials* by default. Without forking monailabel:
   ``ImageNotFoundException`` / ``LabelNotFoundException`` (404) instead of 500;
 * auth: monailabel's token check, fixed for PyJWT 2 (``auth.py``);
 * CORS: origins from ``SAM2_3D_CORS_ORIGINS`` (comma-separated) are honoured with credentials; without
-  it any origin may call, but never with credentials (cookies or HTTP auth).
+  it any origin may read, never with credentials (cookies or HTTP auth); writes from other origins are
+  refused by ``gate.py``.
 """
 
 from __future__ import annotations
