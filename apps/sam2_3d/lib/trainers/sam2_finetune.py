@@ -14,7 +14,7 @@ import logging
 
 import psutil
 from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.utils.async_tasks.utils import tasks
+from monailabel.utils.async_tasks.utils import processes, tasks
 
 from lib.engine import torch_thread
 from lib.engine.weights import list_versions, manager_of, summary, versions_root, weights_in_use, weights_served_next
@@ -51,16 +51,18 @@ class Sam2FinetuneTask(TrainTask):
         """``progress.json``; a run still marked RUNNING whose process is gone ended without saying so
         (DELETE /train/, kill -9, a crash, a server restart): said here, once, as STOPPED or FAILED."""
         progress = read_progress(self.model_dir)
-        if progress.get("status") != "RUNNING" or _alive(progress.get("pid")):
-            return progress
+        if progress.get("status") != "RUNNING" or processes("train"):
+            return progress  # finished, or this server's training process is still running
         last = (tasks("train") or [None])[-1]
-        if last and last.get("status") == "STOPPED":
+        if last and last.get("status") == "STOPPED":  # DELETE /train/ killed it (it may not be reaped yet)
             publish_end(self.model_dir, "STOPPED", "stopped by DELETE /train/ (post the same request again to "
                         "resume from its last checkpoint)")
-        else:
+        elif (last and last.get("status") in ("ERROR", "DONE")) or not _alive(progress.get("pid")):
             detail = list((last or {}).get("details") or [])[-1:]
             publish_end(self.model_dir, "FAILED", "the training process ended without finishing (killed, crashed "
                         "or the server restarted)" + (f"; its last line: {detail[0]}" if detail else ""))
+        else:
+            return progress  # started by an earlier server process and still running
         return read_progress(self.model_dir)
 
     def __call__(self, request, datastore):
