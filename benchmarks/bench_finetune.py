@@ -41,37 +41,32 @@ def bench(model: str, image_size: int, train_encoder: bool, steps: int, warmup: 
             "label": os.path.join(data, "pat0001", "label.nii.gz")}
     sampler = D.ClipSampler([D.load_volume(pair, IntensityPreset("auto"), "any")], clip_length, ("mask", "click", "box"), 0)
     module = Sam2Finetune(engine, sampler, parse({"train_image_encoder": train_encoder, "clip_length": clip_length}), [])
-    module.to(device).train()
+    module.to(device).set_train_modes()
     opt = module.configure_optimizers()["optimizer"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
     step = 0
 
-    def one():
+    def one(clip):
         nonlocal step
         with autocast:
-            loss = module.training_step(None, 0)
+            loss = module.training_step(clip, 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
 
-    # training_step draws clip number global_step; outside a Trainer it is 0, so vary the clip by hand
     clips = [sampler.clip(n) for n in range(warmup + steps)]
-    original = sampler.clip
     for n in range(warmup):
-        sampler.clip = lambda _n, c=clips[n]: c
-        one()
+        one(clips[n])
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for n in range(warmup, warmup + steps):
-        sampler.clip = lambda _n, c=clips[n]: c
-        one()
+        one(clips[n])
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    sampler.clip = original
     return {
         "model": model, "image_size": image_size, "train_image_encoder": train_encoder, "clip_length": clip_length,
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",

@@ -110,3 +110,27 @@ def check_label_file(label_path: str, image_path: str) -> None:
 
 def _r(values) -> list:
     return [round(float(v), 4) for v in values]
+
+
+def refuse_empty_upload(fileobj, filename: str, params: dict) -> None:
+    """A final label with no voxel > 0 is refused (422) unless the request says ``"allow_empty": true``
+    (an image with nothing to segment; training then skips it). Unreadable uploads are left to the
+    datastore's full check, which names their problem."""
+    if params.get("allow_empty") is True:
+        return
+    import shutil
+    import tempfile
+
+    ext = label_extension(filename or "label.nii.gz")
+    with tempfile.NamedTemporaryFile(suffix=ext) as tmp:
+        fileobj.seek(0)
+        shutil.copyfileobj(fileobj, tmp)
+        tmp.flush()
+        fileobj.seek(0)
+        try:
+            data = _read_all(tmp.name)
+        except Exception:  # noqa: BLE001 - not this check's concern
+            return
+    if data.size and not np.any(data):
+        raise InvalidLabel("the final label is empty (no voxel > 0): nothing would be learned from it; send "
+                           "params {\"allow_empty\": true} to store an image with nothing to segment")

@@ -1,14 +1,17 @@
 """Training data: the datastore's final labels, split by image, and clips sampled around their objects.
 
 A clip is ``clip_length`` consecutive slices starting on a slice that holds the object, going up or down
-the volume (SAM 2 tracks either way), with a prompt on its first slice simulated as the evaluation's
-protocols place it (``lib/evaluation/prompts.py``): the ground-truth mask, a click at the object's deepest
-point (the clicks protocol's first click), or its bounding box.
+the volume (SAM 2 tracks either way), with a prompt on its first slice sampled as SAM 2's training samples
+it, with sam2's own samplers: the ground-truth mask, one click drawn uniformly inside the object
+(``get_next_point(gt, None, "uniform")``), or the object's box with SAM's corner noise (``sample_box_points``:
+up to 10 % of the box size, at most 20 px). Corrective clicks from the error follow in the forward
+(``forward.video_forward``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 
@@ -19,9 +22,10 @@ import torch.nn.functional as F
 from lib.engine import intensity
 from lib.engine.frames import frame_tensor
 from lib.engine.geometry import read_image, read_label_on, volume_array
-from lib.evaluation import prompts as P
 
 PROMPT_KINDS = ("mask", "click", "box")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,17 +98,41 @@ def load_volume(pair: dict, preset: intensity.IntensityPreset, objects: str, min
     return LabelledVolume(pair["image_id"], pair["image"], pair["label"], slices, object_masks(label, objects, min_voxels))
 
 
-def simulated_prompt(kind: str, gt2d: np.ndarray) -> dict:
-    """The first-slice prompt of a clip, placed by the evaluation's prompt code."""
+def usable_volumes(pairs: list[dict], preset: intensity.IntensityPreset, objects: str,
+                   min_voxels: int = 10) -> tuple[list[tuple[dict, LabelledVolume]], list[dict]]:
+    """Load every pair; one whose label cannot be used (unreadable, another grid, no object of
+    ``min_voxels``) is skipped with a warning instead of failing the run. Returns (usable, skipped)."""
+    usable, skipped = [], []
+    for pair in pairs:
+        try:
+            volume = load_volume(pair, preset, objects, min_voxels)
+            reason = None if volume.objects else f"no labelled object of at least {min_voxels} voxels (an empty label?)"
+        except Exception as e:  # noqa: BLE001 - any unreadable or mismatched label: skip it, name why
+            volume, reason = None, f"{type(e).__name__}: {e}"
+        if reason:
+            logger.warning(f"training: label of image {pair['image_id']!r} skipped: {reason}")
+            skipped.append({"image_id": pair["image_id"], "reason": reason})  # no server path: clients see it
+        else:
+            usable.append((pair, volume))
+    return usable, skipped
+
+
+def simulated_prompt(kind: str, gt2d: np.ndarray, generator: torch.Generator | None = None) -> dict:
+    """The first-slice prompt of a clip, drawn by sam2's samplers from the clip's own random stream."""
+    from sam2.modeling.sam2_utils import get_next_point, sample_box_points
+
     if kind == "mask":
         return {"kind": "mask", "mask": gt2d}
-    if kind == "box":
-        return {"kind": "box", "box": P.bounding_box(gt2d)}
-    click = P.next_click(gt2d, np.zeros_like(gt2d))  # on an empty prediction: the deepest point
-    if click is None:  # no part of the object is thicker than the click rule's threshold: a box instead
-        return {"kind": "box", "box": P.bounding_box(gt2d)}
-    xy, label, _ = click
-    return {"kind": "click", "points": [xy], "labels": [label]}
+    gt = torch.from_numpy(np.ascontiguousarray(gt2d, dtype=bool))[None, None]
+    with torch.random.fork_rng(devices=[]):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+        if kind == "box":
+            corners, _ = sample_box_points(gt)
+            (x0, y0), (x1, y1) = corners[0].tolist()
+            return {"kind": "box", "box": (x0, y0, x1, y1)}
+        xy, label = get_next_point(gt, None, "uniform")
+    return {"kind": "click", "points": [tuple(xy[0, 0].tolist())], "labels": [int(label[0, 0])]}
 
 
 def resize_masks(masks: np.ndarray, image_size: int) -> torch.Tensor:
@@ -116,6 +144,7 @@ def resize_masks(masks: np.ndarray, image_size: int) -> torch.Tensor:
 
 @dataclass
 class Clip:
+    index: int  # clip n of the run (= the step that trains on it)
     volume: int  # index into the training volumes
     object: str
     slices: list[int]
@@ -153,7 +182,12 @@ class ClipSampler:
         slices = [start + direction * t for t in range(length)]
         kind = self.prompt_kinds[int(rng.integers(len(self.prompt_kinds)))]
         gt = mask[slices]
-        return Clip(v, name, slices, simulated_prompt(kind, gt[0]), gt)
+        return Clip(n, v, name, slices, simulated_prompt(kind, gt[0], self.generator(n, "prompt")), gt)
+
+    def generator(self, n: int, purpose: str) -> torch.Generator:
+        """A torch random stream of clip ``n`` (for sam2's samplers), the same on every run with this seed."""
+        salt = {"prompt": 1, "corrections": 2}[purpose]
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + n) * 7 + salt)
 
     def frames(self, clip: Clip, image_size: int) -> torch.Tensor:
         vol = self.volumes[clip.volume]

@@ -6,14 +6,21 @@ public building blocks: ``forward_image`` (image encoder + the decoder's high-re
 ``_encode_memory_in_output`` (memory encoder). ``track_step`` itself is not used because it hides the
 candidate masks and IoU predictions the losses need. The first frame of a clip is the conditioning
 frame (it holds the prompt); every later frame is tracked from the memory of the frames before it.
+
+Corrective clicks, as ``SAM2Train._iter_correct_pt_sampling`` adds them on a frame prompted with points
+or a box: ``corrections`` times, a click is drawn from the error of the last prediction (sam2's own
+``get_next_point(..., "uniform")``; with probability ``p_from_gt`` from the ground truth instead), added to
+the frame's points, and the SAM heads run again with the previous mask logits as mask input. Every step's
+output is supervised; the last one goes into the memory.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
+from sam2.modeling.sam2_utils import get_next_point
 
 
 def encode_frames(model, frames: torch.Tensor, train_encoder: bool) -> dict:
@@ -51,9 +58,13 @@ def prompt_inputs(prompt: dict, height: int, width: int, image_size: int, device
     return {"point_coords": coords[None], "point_labels": torch.tensor(labels, dtype=torch.int32, device=device)[None]}, None
 
 
-def video_forward(model, backbone_out: dict, point_inputs: dict | None, mask_inputs: torch.Tensor | None) -> list[dict]:
+def video_forward(model, backbone_out: dict, point_inputs: dict | None, mask_inputs: torch.Tensor | None,
+                  gt_first: torch.Tensor | None = None, corrections: int = 0, p_from_gt: float = 0.0,
+                  generator: torch.Generator | None = None) -> list[dict]:
     """Track one object through the clip; per frame: candidate masks (logits at the input size), their
-    IoU predictions, the object-score logit, and whether the frame's output is just the mask prompt."""
+    IoU predictions, the object-score logit, whether the frame's output is just the mask prompt, and
+    (first frame, with corrections) the earlier correction steps' outputs under ``"steps"``.
+    ``gt_first``: the first frame's ground truth ``[1, 1, S, S]``, needed for corrective clicks."""
     num_frames = backbone_out["backbone_fpn"][0].shape[0]
     output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     outputs = []
@@ -62,9 +73,24 @@ def video_forward(model, backbone_out: dict, point_inputs: dict | None, mask_inp
         first = t == 0
         points = point_inputs if first else None
         masks = mask_inputs if first else None
-        current, sam_outputs, _, _ = model._track_step(
+        current, sam_outputs, high_res_features, pix_feat = model._track_step(
             t, first, feats, pos, sizes, points, masks, output_dict, num_frames, False, None
         )
+        steps = []
+        if first and points is not None and corrections > 0 and gt_first is not None:
+            for _ in range(corrections):
+                _, high_res_multimasks, ious, low_res, high_res, _, object_score_logits = sam_outputs
+                steps.append({"multimasks": high_res_multimasks, "ious": ious,
+                              "object_score_logits": object_score_logits})
+                from_gt = p_from_gt > 0 and float(torch.rand((), generator=generator)) < p_from_gt
+                with torch.no_grad(), _seeded(generator):
+                    xy, label = get_next_point(gt_first > 0.5, None if from_gt else high_res > 0, "uniform")
+                points = {"point_coords": torch.cat([points["point_coords"], xy.to(points["point_coords"])], 1),
+                          "point_labels": torch.cat([points["point_labels"], label.to(points["point_labels"])], 1)}
+                sam_outputs = model._forward_sam_heads(
+                    backbone_features=pix_feat, point_inputs=points, mask_inputs=low_res,
+                    high_res_features=high_res_features, multimask_output=model._use_multimask(True, points))
+            current["point_inputs"] = points
         _, high_res_multimasks, ious, low_res, high_res, obj_ptr, object_score_logits = sam_outputs
         current.update(pred_masks=low_res, pred_masks_high_res=high_res, obj_ptr=obj_ptr)
         model._encode_memory_in_output(feats, sizes, points, True, high_res, object_score_logits, current)
@@ -74,5 +100,18 @@ def video_forward(model, backbone_out: dict, point_inputs: dict | None, mask_inp
             "ious": ious,  # [1, M]
             "object_score_logits": object_score_logits,  # [1, 1]
             "is_prompt_mask": masks is not None and model.use_mask_input_as_output_without_sam,
+            "steps": steps,
         })
     return outputs
+
+
+@contextmanager
+def _seeded(generator: torch.Generator | None):
+    """sam2's point samplers draw from torch's global generator: draw from the clip's own instead, so a
+    resumed run samples the same clicks, without disturbing anyone else's random stream."""
+    if generator is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+        yield

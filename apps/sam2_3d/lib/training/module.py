@@ -1,7 +1,11 @@
 """The Lightning module: one clip per step through SAM 2's video forward, SAM 2's loss, AdamW.
 
-The network trained is the engine's own predictor, so validation runs the very code the infer tasks
-run (engine sessions), on the weights being trained.
+The network trained is the engine's own predictor, so validation (Lightning's validation loop, one
+held-out image per batch) runs the very code the infer tasks run (engine sessions), on the weights being
+trained. Train/eval state during ``fit`` is SAM 2's: the parts trained are in train mode (dropout in the
+memory attention on, the mask decoder's training branch, memory encoding from sigmoid masks), a frozen
+image encoder is in eval mode, as SAM 2's trainer leaves a frozen trunk. Lightning checkpoints hold the
+trained parameters only (and the optimiser's state), never the frozen encoder.
 """
 
 from __future__ import annotations
@@ -52,6 +56,38 @@ class Sam2Finetune(L.LightningModule):
             p.requires_grad_(name in names)
         # Frozen encoder: its features never change, so each training slice is encoded once.
         self.features = None if params.train_image_encoder else FeatureCache(2 << 30)
+        self.strict_loading = False  # checkpoints hold the trained parameters only
+        self._val_objects: list[dict] = []
+        self.last_validation: dict | None = None
+
+    # -- train/eval state --------------------------------------------------------------------------
+    def set_train_modes(self) -> None:
+        """Train mode for what is trained; the frozen image encoder stays in eval (no drop-path noise on
+        features that are cached once and must equal the ones the engine serves)."""
+        self.train()
+        if not self.params.train_image_encoder:
+            self.model.image_encoder.eval()
+
+    def on_train_start(self):
+        self.set_train_modes()
+
+    def on_train_epoch_start(self):
+        self.set_train_modes()  # validation (eval) ran in between
+
+    # -- checkpoints: the trained parameters only ------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {f"model.{n}" for n in self.trainable}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        params = dict(self.model.named_parameters())
+        return {n: params[n].detach().to("cpu", copy=True) for n in self.trainable}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, v in state.items():
+                params[n].copy_(v.to(params[n].device, params[n].dtype))
 
     # -- data ------------------------------------------------------------------------------------
     def _backbone(self, clip) -> dict:
@@ -74,15 +110,21 @@ class Sam2Finetune(L.LightningModule):
 
     # -- steps -----------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        clip = self.sampler.clip(int(self.global_step))  # the step number picks the clip: resume-safe
+        clip = batch  # a Clip from data.ClipDataset; its index is the global step (resume-safe)
         height, width = clip.gt.shape[1:]
         size = self.model.image_size
         backbone = self._backbone(clip)
         points, masks = FW.prompt_inputs(clip.prompt, height, width, size, self.device)
-        outputs = FW.video_forward(self.model, backbone, points, masks)
         gt = resize_masks(clip.gt, size).to(self.device)
+        outputs = FW.video_forward(self.model, backbone, points, masks, gt_first=gt[0],
+                                   corrections=self.params.correction_clicks, p_from_gt=0.1,
+                                   generator=self.sampler.generator(clip.index, "corrections"))
         terms = [frame_loss(o, gt[t]) for t, o in enumerate(outputs) if not o["is_prompt_mask"]]
-        loss = torch.stack([t["total"] for t in terms]).mean()
+        # SAM 2's multi-step loss: a corrected frame's earlier steps are supervised too (summed, as its
+        # MultiStepMultiMasksAndIous sums over steps)
+        step_totals = [sum((frame_loss(s, gt[t])["total"] for s in o["steps"]), torch.zeros((), device=self.device))
+                       for t, o in enumerate(outputs) if not o["is_prompt_mask"]]
+        loss = torch.stack([t["total"] + extra for t, extra in zip(terms, step_totals)]).mean()
         dice = float(torch.stack([t["frame_dice"] for t in terms]).mean())
         if self._trainer is not None:  # also usable outside a Trainer (tests, benchmarks/bench_finetune.py)
             self.log("train_loss", loss.detach(), prog_bar=False, batch_size=1)
@@ -91,31 +133,33 @@ class Sam2Finetune(L.LightningModule):
             self.on_step(int(self.global_step) + 1, int(self.current_epoch), float(loss.detach()), dice, clip)
         return loss
 
-    def validation_step(self, batch, batch_idx):
-        pass  # all of validation runs once per epoch, below, through the engine
-
-    def on_validation_epoch_end(self):
-        if not self.val_pairs or self.trainer.sanity_checking:
-            return
-        result = self.run_validation()
-        if result["dice"] is not None:
-            self.log("val_dice", result["dice"], batch_size=1)
-        if self.on_validation:
-            self.on_validation(int(self.global_step), int(self.current_epoch), result)
-
-    def run_validation(self) -> dict:
+    def on_validation_epoch_start(self):
+        self._val_objects = []
         self.engine.close()  # sessions hold memories computed with earlier weights
         if self.params.train_image_encoder:
             self.engine.feature_cache.clear()
-        was_training = self.model.training
-        self.model.eval()
+
+    def validation_step(self, batch, batch_idx):
+        """One held-out image (``data.ValidationImages``): the mask protocol through the engine."""
         try:
-            return validate(self.engine, self.val_pairs, self.params.objects, self.params.preset,
-                            self.params.val_z_margin, self.params.seed)
+            result = validate(self.engine, [batch], self.params.objects, self.params.preset,
+                              self.params.val_z_margin, self.params.seed)
         finally:
             self.engine.close()
-            self.model.train(was_training)
-            lazy_constants_as(self.model, inference=False)  # autograd refuses inference tensors
+        self._val_objects.extend(result["objects"])
+
+    def on_validation_epoch_end(self):
+        dices = [o["dice"] for o in self._val_objects]
+        result = {"dice": round(float(sum(dices) / len(dices)), 6) if dices else None, "objects": self._val_objects,
+                  "protocol": "mask", "metric": "volume Dice (MONAI compute_dice)"}
+        self.last_validation = result
+        lazy_constants_as(self.model, inference=False)  # autograd refuses inference tensors
+        if self.trainer.sanity_checking:
+            return
+        if result["dice"] is not None:
+            self.log("val_dice", result["dice"], batch_size=1)
+        if self.on_validation and self.trainer.state.fn == "fit":
+            self.on_validation(int(self.global_step), int(self.current_epoch), result)
 
     def configure_optimizers(self):
         params = [p for n, p in self.model.named_parameters() if p.requires_grad]

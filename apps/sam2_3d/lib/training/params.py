@@ -15,6 +15,9 @@ TRAIN_PARTS = ("prompt_encoder", "mask_decoder", "memory")
 OBJECTS = ("each", "any")
 # Keys monailabel and its clients add to a train request; they are not training parameters.
 CLIENT_KEYS = {"model", "local_rank", "gpus", "bundle_path", "name", "device", "multi_gpu", "dataset", "max_epochs"}
+# ``POST /train/`` with a body {"<trainer>": {...}}: monailabel merges that trainer's parameters into the
+# request and also passes the whole body on, so the trainer's own name arrives as a key.
+TRAINER_NAME = "sam2_finetune"
 
 
 class TrainParamError(ValueError):
@@ -34,11 +37,14 @@ class TrainParams:
     clip_length: int = 8
     image_size: int = 0  # 0: the size the server runs at
     prompt_types: str = "mask,click,box"
+    correction_clicks: int = 7  # corrective clicks from the error on a click/box-prompted slice (SAM 2.1: 7)
     objects: str = "each"  # each label value is an object; "any": label > 0 is one object
     preset: str = "auto"
     validation_split: float = 0.2
     val_z_margin: int = 5  # validation volumes cropped to the objects' slices plus this margin; -1: whole volume
     checkpoint_every: int = 10  # steps between Lightning checkpoints (resume points)
+    gradient_clip: float = 0.1  # max gradient norm, as SAM 2's training configs clip (GradientClipper, L2)
+    keep_only_if_better: bool = True  # write a version only if it beats the starting weights on validation
     seed: int = 0
     resume: bool = True
     max_images: int = 0  # 0: every labelled image
@@ -81,7 +87,10 @@ RULES = {
     "steps_per_epoch": (lambda v: 1 <= v <= 1_000_000, "an integer from 1 to 1000000"),
     "learning_rate": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "weight_decay": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    "clip_length": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+    # a clip of 1 slice has no tracked frame: nothing for the memory or the loss to learn from
+    "clip_length": (lambda v: 2 <= v <= 64, "an integer from 2 to 64"),
+    "gradient_clip": (lambda v: 0 < v <= 1000, "a number in (0, 1000]"),
+    "correction_clicks": (lambda v: 0 <= v <= 20, "an integer from 0 to 20"),
     "image_size": (lambda v: v == 0 or (64 <= v <= 1024 and v % 16 == 0), "0 (the server's size) or a multiple of 16 from 64 to 1024"),
     "validation_split": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "val_z_margin": (lambda v: v >= -1, "an integer >= -1"),
@@ -102,7 +111,7 @@ def parse(request: dict) -> TrainParams:
     known = {f.name: f for f in fields(TrainParams)}
     values, errors = {}, []
     for key, raw in request.items():
-        if key in CLIENT_KEYS:
+        if key in CLIENT_KEYS or (key == TRAINER_NAME and isinstance(raw, dict)):
             continue
         if key not in known:
             errors.append(f"unknown parameter {key!r} (known: {', '.join(known)})")
@@ -132,6 +141,16 @@ def parse(request: dict) -> TrainParams:
     if errors:
         raise TrainParamError("bad training parameters: " + "; ".join(errors))
     return TrainParams(**values)
+
+
+def request_of_train_all(body: dict | None) -> dict:
+    """What ``POST /train/`` with ``body`` hands this trainer: monailabel merges ``body[trainer]`` into the
+    request and then the whole body on top (``AsyncTask.run``), so both are checked."""
+    body = dict(body or {})
+    own = body.get(TRAINER_NAME)
+    merged = dict(own) if isinstance(own, dict) else {}
+    merged.update(body)
+    return merged
 
 
 def check_for_server(params: TrainParams, server_image_size: int) -> None:

@@ -17,13 +17,14 @@ import time
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.loggers import CSVLogger
 
 from lib.engine import intensity
 from lib.engine.model import lazy_constants_as
 from lib.engine.weights import base_identity, ensure_weights, manager_of, versions_root, weights_in_use
 
 from . import data as D
+from .datamodule import ClipData
 from .module import Sam2Finetune
 from .params import TrainParams, check_for_server
 from .versions import write_version
@@ -66,6 +67,7 @@ class Progress(L.Callback):
                       "start_ts": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.t0 = time.time()
         self.first_step = None
+        self.on_resume = None
         self.publish(step=0)  # replaces the previous run's (finished) stats at once
 
     def history(self) -> list[dict]:
@@ -89,6 +91,8 @@ class Progress(L.Callback):
             f.writelines(json.dumps(h) + "\n" for h in kept)
         self.first_step = step
         self.t0 = time.time()
+        if self.on_resume:
+            self.on_resume(step)
         if step:
             say(f"resumed from the checkpoint at step {step} of {self.params.total_steps}")
         self.publish(step=step, resumed_from_step=step or None)
@@ -113,8 +117,67 @@ def _run_key(params: TrainParams, labels: list[dict], base: dict, parent: str) -
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[dict] | None = None) -> dict:
-    """Fine-tune ``engine.predictor`` on the datastore's final labels; write and return a new version."""
+def publish_end(model_dir: str, status: str, reason: str, **kw) -> None:
+    """Every run ends in ``train_stats`` as DONE, STOPPED or FAILED, with the reason."""
+    state = read_progress(model_dir)
+    state.update(kw, status=status, reason=reason, end_ts=time.strftime("%Y-%m-%d %H:%M:%S"))
+    os.makedirs(os.path.dirname(progress_path(model_dir)), exist_ok=True)
+    _write_json(progress_path(model_dir), state)
+
+
+def _readable_checkpoint(last: str) -> str | None:
+    """None if Lightning's resume checkpoint loads; else the error (the file is then moved aside)."""
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+            return "not a Lightning checkpoint (no state_dict / global_step)"
+        return None
+    except Exception as e:  # noqa: BLE001 - truncated, overwritten, wrong format: all mean "start fresh"
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+class BestByValidation:
+    """The trained parameters at the best validation Dice so far (ties: the later), kept in ``best.pt``."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, "best.pt")
+        self.meta_path = os.path.join(run_dir, "best.json")
+        self.meta = json.load(open(self.meta_path)) if os.path.exists(self.meta_path) else None
+
+    def forget_after(self, step: int) -> None:
+        if self.meta and self.meta["step"] > step:  # steps after the resume checkpoint are redone
+            self.meta = None
+            for f in (self.path, self.meta_path):
+                if os.path.exists(f):
+                    os.remove(f)
+
+    def offer(self, step: int, dice: float | None, module: Sam2Finetune) -> bool:
+        if dice is None or (self.meta and dice < self.meta["dice"]):
+            return False
+        torch.save(module.trained_state(), self.path + ".tmp")
+        os.replace(self.path + ".tmp", self.path)
+        self.meta = {"step": step, "dice": dice}
+        _write_json(self.meta_path, self.meta)
+        return True
+
+    def state(self) -> dict:
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+
+def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[dict] | None = None,
+          callbacks: list | None = None) -> dict:
+    """Fine-tune ``engine.predictor`` on the datastore's final labels; keep the best version by validation.
+
+    Any error ends the run as FAILED in ``train_stats`` with the reason (and is raised again)."""
+    try:
+        return _train(engine, datastore, params, model_dir, pairs, callbacks or [])
+    except Exception as e:
+        publish_end(model_dir, "FAILED", f"{type(e).__name__}: {e}", pid=os.getpid())
+        say(f"FAILED: {type(e).__name__}: {e}")
+        raise
+
+
+def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[dict] | None, callbacks: list) -> dict:
     t_start = time.time()
     parent = ensure_weights(engine)  # start from the weights the server uses now
     parent_name = weights_in_use(engine)
@@ -124,6 +187,15 @@ def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[di
         pairs = pairs[: params.max_images]
     if not pairs:
         raise ValueError("no image in the datastore has a final label: save labels before training")
+    preset = intensity.IntensityPreset(params.preset)
+    usable, skipped = D.usable_volumes(pairs, preset, params.objects)
+    for s in skipped:
+        say(f"skipped the label of {s['image_id']}: {s['reason']}")
+    if not usable:
+        raise ValueError(f"none of the {len(pairs)} final labels can be used for training: "
+                         + "; ".join(f"{s['image_id']}: {s['reason']}" for s in skipped))
+    pairs = [p for p, _ in usable]
+    volume_of = {p["image_id"]: v for p, v in usable}
     if all(p.get("split") in ("train", "validation") for p in pairs):  # a split given with the pairs
         train_pairs = [p for p in pairs if p["split"] == "train"]
         val_pairs = [p for p in pairs if p["split"] == "validation"]
@@ -138,65 +210,114 @@ def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[di
     last = os.path.join(ckpt_dir, "last.ckpt")
     if not params.resume or os.path.exists(os.path.join(run_dir, "finished.json")):
         shutil.rmtree(run_dir, ignore_errors=True)
+    resume_note = None
+    if os.path.exists(last):
+        error = _readable_checkpoint(last)
+        if error:
+            aside = f"{run_dir}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.ckpt"
+            os.replace(last, aside)
+            shutil.rmtree(run_dir, ignore_errors=True)  # its history and best belong to the lost checkpoint
+            # train_stats is an answer to clients: the file's name, not the server's folders
+            resume_note = (f"resume checkpoint unreadable ({error}); moved aside as {os.path.basename(aside)}; "
+                           "started fresh")
+            say(resume_note)
+            logger.error(f"sam2_finetune: {resume_note}")
     os.makedirs(run_dir, exist_ok=True)
     resume = os.path.exists(last)
 
     say(f"{len(train_pairs)} training and {len(val_pairs)} validation images; starting from {parent_name} "
         f"({engine.checkpoint_name}{', RANDOM WEIGHTS' if engine.random_weights else ''}) at {engine.image_size} px")
-    preset = intensity.IntensityPreset(params.preset)
-    volumes = [D.load_volume(p, preset, params.objects) for p in train_pairs]
+    volumes = [volume_of[p["image_id"]] for p in train_pairs]
     sampler = D.ClipSampler(volumes, params.clip_length, params.prompt_kinds(), params.seed)
-    progress = Progress(run_dir, model_dir, params, {"run": os.path.basename(run_dir), "parent": parent_name})
+    progress = Progress(run_dir, model_dir, params, {
+        "run": os.path.basename(run_dir), "parent": parent_name, "pid": os.getpid(), "resume_note": resume_note,
+        "skipped_labels": skipped, "reason": None, "version": None})
+    best = BestByValidation(run_dir)
     torch.manual_seed(params.seed)
-    module = Sam2Finetune(engine, sampler, params, val_pairs, on_step=progress.on_step,
-                          on_validation=progress.on_validation)
+    module = Sam2Finetune(engine, sampler, params, val_pairs, on_step=progress.on_step)
+    start_state = module.trained_state()
+
+    def on_validation(step, epoch, result):
+        progress.on_validation(step, epoch, result)
+        if best.offer(step, result["dice"], module):
+            say(f"best so far: validation Dice {result['dice']} at step {step}")
+
+    module.on_validation = on_validation
+    datamodule = ClipData(sampler, val_pairs, params.steps_per_epoch, params.total_steps)
     say(f"training {len(module.trainable)} tensors ({', '.join(params.parts())}"
         f"{', image encoder' if params.train_image_encoder else '; image encoder frozen'})")
 
+    gpu = str(engine.device).startswith("cuda")
+    common = dict(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
+                  enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir)
     before_path = os.path.join(run_dir, "before.json")
     if val_pairs and not os.path.exists(before_path):
         say("validating the starting weights (mask protocol)")
-        before = module.run_validation()
-        _write_json(before_path, before)
-        say(f"before training: mask-protocol volume Dice {before['dice']}")
+        L.Trainer(logger=False, enable_checkpointing=False, **common).validate(module, datamodule=datamodule,
+                                                                               verbose=False)
+        _write_json(before_path, module.last_validation)
+        say(f"before training: mask-protocol volume Dice {module.last_validation['dice']}")
     before = json.load(open(before_path)) if os.path.exists(before_path) else None
 
-    gpu = str(engine.device).startswith("cuda")
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, every_n_train_steps=params.checkpoint_every, save_top_k=0, save_last=True,
     )
     trainer = L.Trainer(
-        accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
         max_epochs=params.epochs, max_steps=params.total_steps, limit_train_batches=params.steps_per_epoch,
-        callbacks=[checkpoint, progress], logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=run_dir, log_every_n_steps=1,
+        limit_val_batches=1.0 if val_pairs else 0, num_sanity_val_steps=0, log_every_n_steps=1,
+        gradient_clip_val=params.gradient_clip, gradient_clip_algorithm="norm",
+        callbacks=[checkpoint, progress, *callbacks], logger=CSVLogger(run_dir, name="csv", version=""), **common,
     )
-    steps = DataLoader(list(range(params.steps_per_epoch)), batch_size=1)
-    val = DataLoader([0], batch_size=1) if val_pairs else None
     lazy_constants_as(module.model, inference=False)  # served requests left them as inference tensors
-    trainer.fit(module, train_dataloaders=steps, val_dataloaders=val, ckpt_path=last if resume else None)
+    progress.on_resume = best.forget_after
+    module.set_train_modes()  # Lightning keeps the modes it finds (it warns about the frozen encoder's eval)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
     module.model.eval()
     for p in module.model.parameters():
         p.requires_grad_(False)
-    lazy_constants_as(module.model, inference=True)  # as serving (and a compiled server's graphs) had them
 
     history = progress.history()
-    vals = [h for h in history if h.get("val_dice") is not None]
-    after = {"dice": vals[-1]["val_dice"], "objects": vals[-1]["val"], "step": vals[-1]["step"]} if vals else None
+    steps = int(trainer.global_step)
+    dice_before = before["dice"] if before else None
+    if best.meta is not None:
+        kept_state, kept = best.state(), {"step": best.meta["step"], "dice": best.meta["dice"]}
+        after = next((h for h in reversed(history) if h.get("val_dice") is not None and h["step"] == kept["step"]), None)
+        after = {"dice": kept["dice"], "objects": after["val"] if after else [], "step": kept["step"]}
+    else:  # no validation images: nothing to choose by, the last state is kept
+        kept_state, kept, after = module.trained_state(), {"step": steps, "dice": None}, None
+    better = dice_before is None or (kept["dice"] is not None and kept["dice"] > dice_before)
+    seconds = time.time() - t_start
+    csv_path = os.path.join(run_dir, "csv", "metrics.csv")
+    if params.keep_only_if_better and not better:
+        module.load_trained_state(start_state)  # the engine keeps the weights it started from
+        lazy_constants_as(module.model, inference=True)
+        reason = (f"not better than the starting weights: best validation Dice {kept['dice']} (step {kept['step']}) "
+                  f"<= {dice_before} before training; no version written, {parent_name} stays in use")
+        _write_json(os.path.join(run_dir, "finished.json"), {"version": None, "reason": reason})
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        progress.publish(status="DONE", reason=reason, version=None, total_time=round(seconds, 1), step=steps,
+                         kept_step=kept["step"], best_metric=kept["dice"], dice_before=dice_before)
+        say(reason)
+        return {"version": None, "reason": reason, "steps": steps, "seconds": round(seconds, 1),
+                "validation": {"dice_before": dice_before, "dice_best": kept["dice"], "best_step": kept["step"]},
+                "curve_csv": csv_path}
+
+    module.load_trained_state(kept_state)
+    lazy_constants_as(module.model, inference=True)  # as serving (and a compiled server's graphs) had them
     changed = set(module.trainable)
     manager = manager_of(engine)
     if manager is not None:
         changed |= set(manager._base)  # tensors the parent version had changed from the base
     state = {k: v for k, v in engine.predictor.state_dict().items() if k in changed}
-    seconds = time.time() - t_start
     validation = {
         "protocol": "mask", "metric": "volume Dice", "images": [p["image_id"] for p in val_pairs],
-        "dice_before": before["dice"] if before else None, "dice_after": after["dice"] if after else None,
+        "dice_before": dice_before, "dice_after": after["dice"] if after else None,
+        "kept_step": kept["step"], "kept": "best validation Dice (ties: later)" if after else "last (no validation images)",
         "side_by_side": _side_by_side(before, after),
     }
     metrics = {
-        "validation": validation, "steps": int(trainer.global_step), "seconds": round(seconds, 1),
-        "resumed_from_step": progress.first_step or None,
+        "validation": validation, "steps": steps, "seconds": round(seconds, 1),
+        "resumed_from_step": progress.first_step or None, "resume_note": resume_note, "skipped_labels": skipped,
         "final_train_loss_mean20": _mean_last([h["loss"] for h in history if "loss" in h]),
         "first_train_loss_mean20": _mean_first([h["loss"] for h in history if "loss" in h]),
         "device": str(engine.device), "precision": "bf16-mixed" if gpu else "32-true",
@@ -204,14 +325,18 @@ def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[di
     config = {
         "base": base, "image_size": engine.image_size,
         "parent": parent_name, "trained_parts": params.parts() + (["image_encoder"] if params.train_image_encoder else []),
-        "trained_tensors": len(state), "steps": int(trainer.global_step), "validation": validation,
+        "trained_tensors": len(state), "steps": steps, "kept_step": kept["step"], "validation": validation,
     }
-    name = write_version(root, state, config, params.to_dict(), {"images": labels}, metrics, history)
+    name = write_version(root, state, config, params.to_dict(), {"images": labels}, metrics, history,
+                         curve_csv=csv_path if os.path.exists(csv_path) else None)
     _write_json(os.path.join(run_dir, "finished.json"), {"version": name})
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # the version holds the result; checkpoints were for resuming
-    progress.publish(status="DONE", version=name, total_time=round(seconds, 1), step=int(trainer.global_step))
-    say(f"version {name} written: validation Dice {validation['dice_before']} -> {validation['dice_after']} "
-        f"in {seconds:.0f} s")
+    reason = ("best validation Dice "
+              f"{validation['dice_before']} -> {validation['dice_after']} (step {kept['step']})" if after else
+              "no validation images: the last step's weights are kept")
+    progress.publish(status="DONE", reason=reason, version=name, total_time=round(seconds, 1), step=steps,
+                     kept_step=kept["step"])
+    say(f"version {name} written: {reason}, in {seconds:.0f} s")
     return {"version": name, "path": os.path.join(root, name), **metrics}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 
 import torch
@@ -26,7 +27,7 @@ def _json(path: str, data) -> None:
 
 
 def write_version(root: str, state: dict, config: dict, params: dict, labels: dict, metrics: dict,
-                  history: list[dict]) -> str:
+                  history: list[dict], curve_csv: str | None = None) -> str:
     os.makedirs(root, exist_ok=True)
     name = next_name(root)
     tmp = os.path.join(root, f".{name}.partial")
@@ -36,6 +37,8 @@ def write_version(root: str, state: dict, config: dict, params: dict, labels: di
     _json(os.path.join(tmp, "labels.json"), labels)
     _json(os.path.join(tmp, "metrics.json"), metrics)
     plot_curve(history, metrics, os.path.join(tmp, "curve.png"))
+    if curve_csv:  # Lightning's CSVLogger: train_loss, train_dice per step, val_dice per validation
+        shutil.copyfile(curve_csv, os.path.join(tmp, "curve.csv"))
     _json(os.path.join(tmp, "config.json"), {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     os.rename(tmp, os.path.join(root, name))
     return name

@@ -39,7 +39,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 from monailabel.interfaces.utils.app import app_instance
 
-from ..datastore.label_checks import label_extension
+from ..datastore.label_checks import label_extension, refuse_empty_upload
 from ..datastore.names import check_name
 from ..engine import torch_thread
 from . import client_gone
@@ -119,6 +119,8 @@ async def save_label(
         check_name(tag or DefaultLabelTag.FINAL.value, "label tag")
         p = parse_params(params)
         label_extension(label.filename or "label.nii.gz")
+        if (tag or DefaultLabelTag.FINAL.value) == DefaultLabelTag.FINAL.value:
+            await run_in_threadpool(refuse_empty_upload, label.file, label.filename, p)
     except EngineInputError as e:
         raise _http(e) from e
     return await _in_thread_cleaning_up(

@@ -72,6 +72,12 @@ ROUTES: list[Route] = [
     Route(("POST",), "/train/sam2_finetune", f"{SLICER}, {README}", "admin",
           "parameters checked (422) before a process starts (lib/trainers/endpoint.py)"),
     Route(("DELETE",), "/train/", f"{SLICER}, {OHIF}, {README}", "admin", "none needed (stops training)"),
+    Route(("GET",), "/train/sam2_finetune/versions", README, "user",
+          "none needed (read-only list; no server paths) (lib/trainers/endpoint.py)"),
+    Route(("PUT",), "/train/sam2_finetune/versions/in_use", README, "admin",
+          "`version` a known, loadable version, `base` or `newest` (400/409) (lib/engine/weights.py)"),
+    Route(("GET",), "/train/sam2_finetune/versions/{name}/export", README, "admin",
+          "`name` a known, loadable version or `base` (400/409); a temporary file, removed after sending"),
     # -- OHIF bundled with monailabel, and its DICOMweb proxy --
     Route(("GET",), "/ohif/{path:path}", OHIF, "user",
           "files inside monailabel's OHIF folder only (404 for `..` and anything outside)"),

@@ -1,0 +1,74 @@
+"""Lightning's data side of a run: a ``Dataset`` of clips, a ``Dataset`` of held-out images, one DataModule.
+
+Clip ``n`` is ``ClipSampler.clip(n)`` and a run's step ``n`` trains on clip ``n``: the train loader's
+sampler starts each epoch at the trainer's global step, so a run resumed from a checkpoint mid-epoch
+draws exactly the clips it would have drawn without the interruption.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .data import Clip, ClipSampler
+
+
+def _one(batch: list):
+    return batch[0]  # batch size 1: a clip (or a held-out image) as it is, no tensor collation
+
+
+class ClipDataset(Dataset):
+    def __init__(self, sampler: ClipSampler, total_steps: int):
+        self.sampler = sampler
+        self.total_steps = total_steps
+
+    def __len__(self) -> int:
+        return self.total_steps
+
+    def __getitem__(self, n: int) -> Clip:
+        return self.sampler.clip(int(n))
+
+
+class FromGlobalStep(Sampler):
+    """The next ``steps_per_epoch`` clip indices, counted from the trainer's global step when an epoch
+    (or a resumed epoch) starts iterating."""
+
+    def __init__(self, datamodule: "ClipData", steps_per_epoch: int, total_steps: int):
+        self.datamodule = datamodule
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self):
+        trainer = self.datamodule.trainer
+        start = int(trainer.global_step) if trainer is not None else 0
+        return iter(range(start, min(self.total_steps, start + self.steps_per_epoch)))
+
+
+class ValidationImages(Dataset):
+    def __init__(self, pairs: list[dict]):
+        self.pairs = list(pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(self.pairs[i])
+
+
+class ClipData(L.LightningDataModule):
+    def __init__(self, sampler: ClipSampler, val_pairs: list[dict], steps_per_epoch: int, total_steps: int):
+        super().__init__()
+        self.clips = ClipDataset(sampler, total_steps)
+        self.val_images = ValidationImages(val_pairs)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+
+    def train_dataloader(self):
+        return DataLoader(self.clips, batch_size=1, collate_fn=_one,
+                          sampler=FromGlobalStep(self, self.steps_per_epoch, self.total_steps))
+
+    def val_dataloader(self):
+        return DataLoader(self.val_images, batch_size=1, collate_fn=_one)
