@@ -360,6 +360,9 @@ def test_train_endpoint_stop_resume_and_serve_the_version(train_server):
     assert stats["loss"] > 0 and 0 <= stats["val_dice"] <= 1 and stats["resumed_from_step"] == saved_step
     versions = requests.get(f"{url}/info/", timeout=30).json()["trainers"]["sam2_finetune"]["versions"]
     assert [v["name"] for v in versions] == ["v0001"]
+    # /info/ names what the next request runs on before any request has loaded it
+    models = requests.get(f"{url}/info/", timeout=30).json()["models"]
+    assert {m["weights"] for m in models.values()} == {"finetuned/v0001"}, models
     assert versions[0]["val_dice_before"] is not None and versions[0]["val_dice_after"] is not None
     vdir = os.path.join(train_server.model_dir, "finetuned", "v0001")
     for f in ("weights.pt", "config.json", "params.json", "labels.json", "metrics.json", "curve.png"):
