@@ -266,3 +266,9 @@ class LabelSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "values": list(self.values) if self.values else "any"}
+
+
+def image_array(path: str) -> np.ndarray:
+    """The image's voxel values as ``[k, j, i]`` float64 (what nibabel's ``get_fdata`` gives the papers'
+    scripts, axes reversed)."""
+    return sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float64)

@@ -18,7 +18,7 @@ import numpy as np
 
 # Options that change results; executor options (workers, address) may differ on resume.
 RESULT_KEYS = ("dataset", "format", "modality", "channel", "cases", "labels", "protocols", "clicks", "range",
-               "nsd_tolerance", "z_margin", "max_slices", "slice2d_positives", "seed", "settings", "worst_slices", "label_file", "key_slices")
+               "nsd_tolerance", "z_margin", "max_slices", "slice2d_positives", "seed", "settings", "worst_slices", "label_file", "key_slices", "exact")
 
 
 class ConfigMismatch(RuntimeError):
