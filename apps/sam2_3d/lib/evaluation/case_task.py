@@ -234,7 +234,7 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
                     "gt_area": [int(a) for a in areas], "worst_slices": worst,
                     "slices_processed": run.slices_processed, "seconds": round(run.seconds, 3),
                     "frames_encoded_in_protocol": session.features.frames_encoded - before,
-                    "preset": "reference frames" if exact else preset.key, "exact": exact,
+                    "preset": "reference frames" if exact else preset.key, "exact": exact or bool(run.info.get("exact")),
                 })
         shape = list(loaded.label.shape)
     finally:
