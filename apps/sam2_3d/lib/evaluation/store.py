@@ -52,7 +52,12 @@ class Store:
         self._write_json(run_json, config)
 
     def done(self, setting: str, case: str) -> bool:
-        return os.path.exists(self.path(setting, case, "json"))
+        """Saved, and not a case lost on a cluster (those are reported failed and run again on resume)."""
+        path = self.path(setting, case, "json")
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            return not json.load(f).get("retry")
 
     def save(self, record: dict, arrays: dict) -> None:
         npz = self.path(record["setting"], record["case"], "npz")
