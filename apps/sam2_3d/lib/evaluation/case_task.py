@@ -73,7 +73,9 @@ def _exact_session(engine, spec, case_id: str, raw: np.ndarray, client_id: str):
     else:
         frames, transposed = reference_frames.shen_frames(raw), True
         mode = "3d"
-    session = engine.open_array(f"{case_id}/{spec.kind}/reference-frames", frames, client_id=client_id,
+    # named by the frames, not the protocol: the Shen recipes share one volume and its image features
+    session = engine.open_array(f"{case_id}/{'gutierrez' if spec.kind == 'gutierrez_lung' else 'shen'}-reference-frames",
+                                frames, client_id=client_id,
                                 preset=IntensityPreset("none"), mode=mode)
     return session, transposed
 
