@@ -254,3 +254,33 @@ def test_evaluate_refuses_a_bad_window_before_building_a_model(tmp_path, capsys)
 
     rc = evaluate.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--window", "40,-1"])
     assert rc == 2 and "--window" in capsys.readouterr().err
+
+
+# --- the command: --exact reaches the protocols, the frames are the reference's --------------------------
+
+
+def test_exact_command_runs_shen_on_the_reference_frames(tmp_path):
+    import json
+
+    import SimpleITK as sitk
+
+    import evaluate
+    from lib.evaluation.store import Store
+
+    img, gt = _ellipsoid(k=4, h=40, w=36)
+    gt[:] = False
+    gt[:3, 8:30, 6:24] = True  # 396 px on slices 0..2: the video is slices 0..1, its middle frame slice 1
+    data = tmp_path / "data"
+    data.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(img * 7.3 - 40), str(data / "c.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(gt.astype(np.uint8)), str(data / "c_label.nii.gz"))
+    out = tmp_path / "out"
+    assert evaluate.main(["--data", str(data), "--protocol", "shen2024-1mask", "--exact", "--random-weights",
+                          "--image-size", "128", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    (r,) = json.load(open(out / "results.json"))["cases"][0]["results"]
+    assert r["exact"] and r["preset"] == "reference frames" and "JPEG" in r["info"]["frames"]
+    assert r["anchor"] == 1 and r["info"]["stack_order"] == [1, 0]
+    anchor_image = Store(str(out)).arrays("default", "c")["fg__shen2024-1mask__anchor"][0]
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "c.nii.gz"))).astype(np.float64)
+    assert np.array_equal(anchor_image, reference_frames.shen_frames(raw)[1])  # the frame SAM 2 was given
+    assert "paper-exact" in open(out / "report.md").read()
