@@ -254,6 +254,9 @@ def test_evaluate_refuses_a_bad_window_before_building_a_model(tmp_path, capsys)
 
     rc = evaluate.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--window", "40,-1"])
     assert rc == 2 and "--window" in capsys.readouterr().err
+    # a negative centre is a value, not an option (argparse alone would refuse "--window -650,1500")
+    assert evaluate.parser().parse_args(evaluate.window_as_one_argument(
+        ["--data", "d", "--out", "o", "--window", "-650,1500"])).window == "-650,1500"
 
 
 # --- the command: --exact reaches the protocols, the frames are the reference's --------------------------

@@ -151,8 +151,20 @@ def _log_to(out: str, debug: bool) -> None:
         root.addHandler(h)
 
 
+def window_as_one_argument(argv: list[str]) -> list[str]:
+    """``--window -650,1500`` -> ``--window=-650,1500``: argparse takes a value starting with '-' for an option."""
+    out = []
+    for a in argv:
+        if out and out[-1] == "--window" and a.startswith("-"):
+            out[-1] = f"--window={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     """The command; an error ends it with one line naming the problem (the traceback: --debug or the log)."""
+    argv = window_as_one_argument(list(sys.argv[1:] if argv is None else argv))
     args = parser().parse_args(argv)
     try:
         _log_to(args.out, args.debug)
