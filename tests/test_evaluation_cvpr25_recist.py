@@ -217,3 +217,34 @@ def test_recist_pipeline_box_then_mask_forward_reset_mask_reverse(engine128):
     assert fwd == ("propagate_in_video", k, False) and rev == ("propagate_in_video", k, True)
     assert run.anchor == k and run.info["marker"]["source"].startswith("stand-in")
     assert run.propagate == (0, gt.shape[0] - 1)
+
+
+def test_the_datas_recist_marker_is_used_when_there_is_one_and_must_lie_on_one_slice():
+    from lib.evaluation import protocols
+
+    gt = np.zeros((5, 30, 30), bool)
+    gt[1:4, 8:20, 6:26] = True
+    gt[3, 5:25, 5:28] = True  # slice 3 is the largest
+    marker = np.zeros_like(gt)
+    marker[2, 14, 8:24] = True  # the radiologist's line on slice 2
+    k, line, source, _ = protocols.recist_marker(gt, marker, None)
+    assert k == 2 and np.array_equal(line, marker[2]) and "RECIST marker" in source
+    k, line, source, key_source = protocols.recist_marker(gt, None, None)
+    assert k == 3 and source.startswith("stand-in") and "largest" in key_source
+    marker[1, 10, 8:12] = True
+    with pytest.raises(ValueError, match="exactly one"):
+        protocols.recist_marker(gt, marker, None)
+
+
+def test_npz_recist_key_is_read_on_the_evaluated_slices(tmp_path):
+    from lib.evaluation import datasets
+
+    recist = np.zeros((6, 8, 8), np.uint8)
+    recist[4, 3, 1:6] = 1
+    path = tmp_path / "c.npz"
+    np.savez(path, imgs=np.zeros((6, 8, 8), np.uint8), gts=recist, spacing=np.ones(3), recist=recist)
+    case = datasets.Case("c", str(path), kind="npz")
+    got = datasets.recist_array(case, (2, 5))
+    assert got.shape == (4, 8, 8) and np.array_equal(np.flatnonzero(got.reshape(4, -1).any(axis=1)), [2])
+    np.savez(path, imgs=np.zeros((6, 8, 8), np.uint8), gts=recist, spacing=np.ones(3))
+    assert datasets.recist_array(case, (0, 5)) is None

@@ -190,11 +190,15 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
                                               mode="2d" if spec.kind in ("slice2d", "gutierrez_lung") else "3d")
                     before = session.features.frames_encoded
                     key = (cfg.get("key_slices") or {}).get(case.case_id)
+                    marker = None
+                    if spec.kind == "medsam2_recist":
+                        recist = datasets.recist_array(case, loaded.crop)
+                        marker = None if recist is None else spec_l.mask(recist)
                     gt_run = gt.transpose(0, 2, 1) if transposed else gt
                     parts_run = parts.transpose(0, 2, 1) if transposed else parts
                     run = protocols.run(spec, session, gt_run, cfg["range"], cfg["slice2d_positives"], cfg["seed"],
                                         parts=parts_run, key_slice=None if key is None else int(key) - k0, exact=exact,
-                                        spacing=loaded.spacing_kji, nsd_tolerance=cfg["nsd_tolerance"])
+                                        spacing=loaded.spacing_kji, nsd_tolerance=cfg["nsd_tolerance"], marker=marker)
                     if run.skipped:
                         results.append(_fail(spec_l.name, spec.name, "skipped", run.skipped))
                         continue

@@ -137,20 +137,22 @@ def _full_or_object(gt: np.ndarray, prop_range: str) -> tuple[int, int]:
 
 def run(spec: ProtocolSpec, session: Session, gt: np.ndarray, prop_range: str = "volume",
         slice2d_positives: int = 3, seed: int = 0, parts: np.ndarray | None = None,
-        key_slice: int | None = None, exact: bool = False, spacing=None, nsd_tolerance: float = 2.0) -> ProtocolRun:
+        key_slice: int | None = None, exact: bool = False, spacing=None, nsd_tolerance: float = 2.0,
+        marker: np.ndarray | None = None) -> ProtocolRun:
     """Run one protocol on one object (``gt``: bool [K, J, I]).
 
     ``parts``: int [K, J, I], one id per part of the object (each lung) for gutierrez2023-lung;
     ``key_slice``: the dataset's key slice for medsam2-box / medsam2-recist (None: the largest-area slice);
     ``exact``: the paper-exact mode of the papers' recipes (their reference code's state handling);
-    ``spacing`` (k, j, i mm) and ``nsd_tolerance``: the per-round NSD of cvpr25-interactive.
+    ``spacing`` (k, j, i mm) and ``nsd_tolerance``: the per-round NSD of cvpr25-interactive;
+    ``marker``: bool [K, J, I], the data's RECIST line of this object (medsam2-recist), if it has one.
     """
     t0 = time.perf_counter()
     gt = gt.astype(bool)
     try:
         out = _RECIPES[spec.kind](spec, session, gt, prop_range=prop_range, slice2d_positives=slice2d_positives,
                                   seed=seed, parts=parts, key_slice=key_slice, exact=exact, spacing=spacing,
-                                  nsd_tolerance=nsd_tolerance)
+                                  nsd_tolerance=nsd_tolerance, marker=marker)
     except Skip as why:
         empty = np.zeros(gt.shape, dtype=np.uint8)
         return ProtocolRun(empty, [], None, None, 0, time.perf_counter() - t0, skipped=str(why))
@@ -323,25 +325,38 @@ def _gutierrez_lung(spec, session, gt, parts=None, exact=False, **_) -> Protocol
                        info={"per_slice": True, **({"exact": True} if exact else {})})
 
 
-def _medsam2_recist(spec, session, gt, key_slice=None, **_) -> ProtocolRun:
-    """MedSAM2 medsam2_infer_CT_lesion_npz_recist.py (``--propagate_with_box``): a square box from the RECIST
-    long axis on the marker slice, its 2D answer re-added as a mask, forward pass, reset, the mask again,
-    reverse pass, the union (no connected-component filter in this script). The shared cases carry no
-    marker: the long axis is drawn from the ground truth on the key slice (a stand-in, said in the info)."""
+def recist_marker(gt: np.ndarray, marker: np.ndarray | None, key_slice: int | None) -> tuple[int, np.ndarray, str, str]:
+    """The marker slice and its RECIST line: ``(k, line 2D, marker source, key-slice source)``. The data's marker
+    (npz ``recist``) when it has one: on exactly one slice, as the reference asserts (``len(z_indices) == 1``);
+    else the stand-in, the longest diameter of the ground truth on the key slice."""
+    if marker is not None and marker.any():
+        ks = np.flatnonzero(marker.reshape(marker.shape[0], -1).any(axis=1))
+        if len(ks) != 1:
+            raise ValueError(f"the RECIST marker spans slices {ks.tolist()}; the reference expects exactly one")
+        k = int(ks[0])
+        return k, marker[k].astype(np.uint8), "the data's RECIST marker (npz 'recist')", "the marker's slice"
     source = "given"
     if key_slice is None:
         key_slice, source = P.largest_slice(gt), "largest ground-truth area (no key slice given)"
     if not 0 <= key_slice < gt.shape[0] or not gt[key_slice].any():
         raise ValueError(f"key slice {key_slice} holds no ground truth: no long axis can be drawn on it")
-    marker = P.long_axis_marker(gt[key_slice])
-    box = P.recist_box(marker)
+    return (key_slice, P.long_axis_marker(gt[key_slice]),
+            "stand-in: the longest diameter of the ground truth on the key slice (no RECIST marker in the data)", source)
+
+
+def _medsam2_recist(spec, session, gt, key_slice=None, marker=None, **_) -> ProtocolRun:
+    """MedSAM2 medsam2_infer_CT_lesion_npz_recist.py (``--propagate_with_box``): a square box from the RECIST
+    long axis on the marker slice, its 2D answer re-added as a mask, forward pass, reset, the mask again,
+    reverse pass, the union (no connected-component filter in this script). A case without a marker gets
+    the long axis drawn from the ground truth on the key slice (a stand-in, said in the info)."""
+    key_slice, line, marker_source, key_source = recist_marker(gt, marker, key_slice)
+    box = P.recist_box(line)
     mask, steps, mask2d = reference_runs.recist(session, gt.shape, box, key_slice)
-    ys, xs = np.nonzero(marker)
+    ys, xs = np.nonzero(line)
     rng = (0, gt.shape[0] - 1)
     return ProtocolRun(mask, steps, rng, key_slice, gt.shape[0] + 1, 0.0, scored=rng, info={
-        "key_slice_source": source, "exact": True,
-        "marker": {"source": "stand-in: the longest diameter of the ground truth on the key slice (no RECIST "
-                             "marker in the data)", "ends_xy": [[int(xs[0]), int(ys[0])], [int(xs[-1]), int(ys[-1])]]},
+        "key_slice_source": key_source, "exact": True,
+        "marker": {"source": marker_source, "ends_xy": [[int(xs[0]), int(ys[0])], [int(xs[-1]), int(ys[-1])]]},
         "box_2d_dice": round(float(_dice2d(mask2d, gt[key_slice])), 6)})
 
 
