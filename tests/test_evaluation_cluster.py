@@ -63,15 +63,22 @@ def _free_port() -> int:
 
 
 def _ray_start(*args) -> None:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    out = subprocess.run([RAY, "start", *args, "--disable-usage-stats"], capture_output=True, text=True, timeout=180, env=env)
+    out = subprocess.run([RAY, "start", *args, "--disable-usage-stats"], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    import secrets
+
     temp = tempfile.mkdtemp(prefix="r2n-", dir="/tmp")  # short: Ray's socket paths live under it
     port = _free_port()
+    # Ray >= 2.5x turns token authentication on for `ray start --head` and reads the token from
+    # ~/.ray/auth_token, which any other Ray user of this account may replace: this cluster gets its own
+    # token, given to its nodes and drivers (this process and the evaluate subprocess) by the environment.
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         _ray_start("--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
                    "--include-dashboard", "false", "--temp-dir", temp)
@@ -90,6 +97,11 @@ def cluster():
                     pass
             time.sleep(3)
         shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +144,15 @@ def local(dataset, tmp_path_factory):
     return _cases(out)
 
 
+def _on_cluster(dataset, out, address) -> subprocess.CompletedProcess:
+    """The command as a user runs it, a driver process of its own (it reads the cluster's token at start)."""
+    return subprocess.run([sys.executable, EVALUATE, *_argv(dataset, out, "--address", address)],
+                          capture_output=True, text=True, timeout=900)
+
+
 def test_cases_run_on_both_nodes_and_equal_the_local_run(cluster, dataset, local, tmp_path):
-    assert evaluate.main(_argv(dataset, tmp_path, "--address", cluster["address"])) == 0
+    run = _on_cluster(dataset, tmp_path, cluster["address"])
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     cases = _cases(tmp_path)
     nodes = {c["hardware"]["node"]["ray_node_id"] for c in cases}
     assert len(nodes) == 2, "every case ran on one node"
@@ -166,5 +185,5 @@ def test_a_node_killed_mid_run_loses_no_finished_case(cluster, dataset, local, t
     ok = [_strip(c) for c in cases.values() if not c.get("retry")]
     assert ok == [_strip(c) for c in local if c["case"] in {o["case"] for o in ok}]
     if lost:  # rerunning the command finishes them on the node that is left
-        assert evaluate.main(_argv(dataset, tmp_path, "--address", cluster["address"])) == 0
+        assert _on_cluster(dataset, tmp_path, cluster["address"]).returncode == 0
         assert _strip(_cases(tmp_path)) == _strip(local)
