@@ -187,3 +187,20 @@ def test_a_node_killed_mid_run_loses_no_finished_case(cluster, dataset, local, t
     if lost:  # rerunning the command finishes them on the node that is left
         assert _on_cluster(dataset, tmp_path, cluster["address"]).returncode == 0
         assert _strip(_cases(tmp_path)) == _strip(local)
+
+
+def test_a_lost_case_is_reported_failed_and_run_again_on_resume(tmp_path):
+    """What the driver does when Ray cannot finish a task even on its retry (no cluster needed)."""
+    from lib.evaluation import datasets, distributed, outputs
+    from lib.evaluation.store import Store
+
+    store = Store(str(tmp_path))
+    case = datasets.Case("c7", "/data/c7.nii.gz", "/data/c7_label.nii.gz")
+    record = distributed.lost_case_record({"name": "default"}, case, RuntimeError("node died\ndetails"), ["fg", "wt"])
+    store.save(record, {})
+    assert not store.done("default", "c7")  # a rerun of the command runs it again
+    rows = outputs.rows([store.load("default", "c7")])
+    assert [(r["label"], r["status"]) for r in rows] == [("fg", "failed"), ("wt", "failed")]
+    assert all("lost on the cluster (RuntimeError: node died)" in r["reason"] for r in rows)
+    store.save({**record, "retry": False}, {})
+    assert store.done("default", "c7")
