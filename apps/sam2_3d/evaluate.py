@@ -39,12 +39,15 @@ def parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("protocols and metrics")
     e.add_argument("--protocol", dest="protocols", nargs="+", default=["mask", "clicks", "box", "slice2d"],
                    help="the papers' recipes: shen2024-1mask, shen2024-salient, shen2024-Nclicks (N=1..5), medsam2-box, "
-                   "gutierrez2023-lung; or this project's: mask, clicks, clicksN, box, slice2d (docs/evaluation.md)")
+                   "medsam2-recist, gutierrez2023-lung, cvpr25-interactive; or this project's: mask, clicks, clicksN, box, slice2d (docs/evaluation.md)")
     e.add_argument("--clicks", type=int, default=5, help="rounds of the 'clicks' protocol")
     e.add_argument("--range", default="volume", choices=["volume", "object"],
                    help="mask/clicks propagation range: whole (cropped) volume or the object's z-range")
     e.add_argument("--slice2d-positives", type=int, default=3, help="positive points per slice in slice2d")
     e.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    e.add_argument("--exact", action="store_true",
+                   help="paper-exact mode of the papers' recipes: their reference code's frames, state handling "
+                   "and released prompt rules (docs/evaluation.md, per protocol)")
     e.add_argument("--seed", type=int, default=0, help="seeds slice2d's extra points and random weights")
     e.add_argument("--worst-slices", type=int, default=2, help="worst slices kept per case for overlays")
     m = p.add_argument_group("model (one setting; or several with --setting)")
@@ -55,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     m.add_argument("--dtype", help="bfloat16, float16 or float32 (default: bfloat16 on CUDA)")
     m.add_argument("--preset", help="intensity preset (default: slice_minmax; 'none' for npz, already uint8)")
+    m.add_argument("--window", help="custom intensity window CENTER,WIDTH in the image's units (e.g. -650,1500); "
+                   "overrides --preset")
     m.add_argument("--setting", dest="settings", action="append",
                    help="NAME:key=value,... over the options above (e.g. t512:image_size=512); repeatable")
     r = p.add_argument_group("execution")
@@ -73,7 +78,7 @@ def config_from_args(args, argv=None) -> dict:
     from lib.evaluation.runner import parse_setting
 
     base = {"checkpoint": args.checkpoint}
-    for key in ("config", "image_size", "device", "dtype", "preset"):
+    for key in ("config", "image_size", "device", "dtype", "preset", "window"):
         if getattr(args, key) is not None:
             base[key] = str(getattr(args, key))
     if args.random_weights:
@@ -90,7 +95,7 @@ def config_from_args(args, argv=None) -> dict:
         "command": "python " + " ".join(shlex.quote(a) for a in ([sys.argv[0]] + list(argv if argv is not None else sys.argv[1:]))),
         "dataset": os.path.abspath(args.data), "format": args.format, "modality": args.modality,
         "channel": args.channel, "cases": args.cases, "labels": args.labels or ["fg=any"],
-        "protocols": args.protocols, "clicks": args.clicks, "range": args.range,
+        "protocols": args.protocols, "clicks": args.clicks, "range": args.range, "exact": args.exact,
         "nsd_tolerance": args.nsd_tolerance, "z_margin": args.z_margin, "max_slices": args.max_slices,
         "slice2d_positives": args.slice2d_positives, "seed": args.seed, "worst_slices": args.worst_slices,
         "settings": settings, "out": os.path.abspath(args.out), "workers": workers, "address": args.address,
@@ -146,8 +151,20 @@ def _log_to(out: str, debug: bool) -> None:
         root.addHandler(h)
 
 
+def window_as_one_argument(argv: list[str]) -> list[str]:
+    """``--window -650,1500`` -> ``--window=-650,1500``: argparse takes a value starting with '-' for an option."""
+    out = []
+    for a in argv:
+        if out and out[-1] == "--window" and a.startswith("-"):
+            out[-1] = f"--window={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     """The command; an error ends it with one line naming the problem (the traceback: --debug or the log)."""
+    argv = window_as_one_argument(list(sys.argv[1:] if argv is None else argv))
     args = parser().parse_args(argv)
     try:
         _log_to(args.out, args.debug)
@@ -169,6 +186,10 @@ def _main(args, argv) -> int:
         datasets.LabelSpec.parse(text)  # fail on a typo before any model is built
     for text in args.protocols:
         protocols.ProtocolSpec.parse(text, args.clicks)
+    if args.window is not None:
+        from lib.evaluation.case_task import parse_window
+
+        parse_window(args.window)
     config = config_from_args(args, argv)
     result = runner.run(config, overwrite=args.overwrite, progress=not args.no_progress)
     failed = sum(r.get("status") == "failed" for rec in result["records"] for r in rec["results"])

@@ -41,9 +41,48 @@ def default_preset(case: datasets.Case) -> str:
     return "none" if case.kind == "npz" else "slice_minmax"
 
 
+def preset_for(conf: dict, case: datasets.Case) -> IntensityPreset:
+    """``window`` ("C,W": a custom window), else ``preset`` (a name), else the case kind's default."""
+    if conf.get("window"):
+        center, width = parse_window(str(conf["window"]))
+        return IntensityPreset("window", center, width)
+    return IntensityPreset(conf.get("preset") or default_preset(case))
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``"C,W"`` -> (center, width); width must be > 0."""
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--window {text!r}: use CENTER,WIDTH in the image's units, e.g. -650,1500") from None
+    if width <= 0:
+        raise ValueError(f"--window {text!r}: the width must be > 0")
+    return center, width
+
+
+def _exact_session(engine, spec, case_id: str, raw: np.ndarray, client_id: str):
+    """The session of a paper-exact run on the frames its reference code makes; (session, transposed)."""
+    from lib.engine.intensity import looks_like_ct
+
+    from . import reference_frames
+
+    if spec.kind == "gutierrez_lung":
+        # process_image.py --apply_windowing is the README's run on CT; other data would be clipped to a lung window
+        frames, transposed = reference_frames.gutierrez_frames(raw, windowing=looks_like_ct(raw)), False
+        mode = "2d"
+    else:
+        frames, transposed = reference_frames.shen_frames(raw), True
+        mode = "3d"
+    # named by the frames, not the protocol: the Shen recipes share one volume and its image features
+    session = engine.open_array(f"{case_id}/{'gutierrez' if spec.kind == 'gutierrez_lung' else 'shen'}-reference-frames",
+                                frames, client_id=client_id,
+                                preset=IntensityPreset("none"), mode=mode)
+    return session, transposed
+
+
 def engine_for(setting: dict, seed: int):
     """The engine of a setting in this process (built once; random weights drawn after seeding)."""
-    conf = {k: str(v) for k, v in setting["conf"].items() if k != "preset"}
+    conf = {k: str(v) for k, v in setting["conf"].items() if k not in ("preset", "window")}
     key = json.dumps(conf, sort_keys=True)
     if key not in _ENGINES:
         from lib.engine.build import engine_from_conf
@@ -122,7 +161,8 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
         return record, {}
     _quiet_sam2_progress()
     engine = engine_for(setting, cfg["seed"])
-    preset = IntensityPreset(setting["conf"].get("preset") or default_preset(case))
+    preset = preset_for(setting["conf"], case)
+    raw = None  # the image array, read once when a paper-exact run needs its reference frames
     results, arrays = [], {}
     k0 = loaded.crop[0]
     try:
@@ -134,39 +174,64 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
                 continue
             parts = spec_l.parts(loaded.label)
             for spec in specs:
+                exact = bool(cfg.get("exact")) and spec.kind in protocols.EXACT_KINDS
+                client_id = f"eval/{spec_l.name}/{spec.name}"
+                transposed = False
                 try:
-                    session = engine.open(loaded.image_path, client_id=f"eval/{spec_l.name}/{spec.name}",
-                                          preset=preset, mode="2d" if spec.kind in ("slice2d", "gutierrez_lung") else "3d")
                     if encoded is None:
-                        encoded, encode_s = _encode_all(session)
+                        encoded, encode_s = _encode_all(engine.open(loaded.image_path, client_id="eval/encode",
+                                                                    preset=preset))
+                    if exact:
+                        if raw is None:
+                            raw = datasets.image_array(loaded.image_path)
+                        session, transposed = _exact_session(engine, spec, case.case_id, raw, client_id)
+                    else:
+                        session = engine.open(loaded.image_path, client_id=client_id, preset=preset,
+                                              mode="2d" if spec.kind in ("slice2d", "gutierrez_lung") else "3d")
                     before = session.features.frames_encoded
                     key = (cfg.get("key_slices") or {}).get(case.case_id)
-                    run = protocols.run(spec, session, gt, cfg["range"], cfg["slice2d_positives"], cfg["seed"],
-                                        parts=parts, key_slice=None if key is None else int(key) - k0)
+                    marker = None
+                    if spec.kind == "medsam2_recist":
+                        recist = datasets.recist_array(case, loaded.crop)
+                        marker = None if recist is None else spec_l.mask(recist)
+                    gt_run = gt.transpose(0, 2, 1) if transposed else gt
+                    parts_run = parts.transpose(0, 2, 1) if transposed else parts
+                    run = protocols.run(spec, session, gt_run, cfg["range"], cfg["slice2d_positives"], cfg["seed"],
+                                        parts=parts_run, key_slice=None if key is None else int(key) - k0, exact=exact,
+                                        spacing=loaded.spacing_kji, nsd_tolerance=cfg["nsd_tolerance"], marker=marker)
                     if run.skipped:
                         results.append(_fail(spec_l.name, spec.name, "skipped", run.skipped))
                         continue
                     if on_slices:
                         on_slices(run.slices_processed)
-                    m = metrics.evaluate(run.mask, gt, loaded.spacing_kji, cfg["nsd_tolerance"], run.scored,
-                                         run.anchor if spec.prompts_ground_truth_mask else None, spec.kind)
+                    mask = run.mask.transpose(0, 2, 1) if transposed else run.mask
+                    if exact:
+                        run.info["frames"] = ("the reference's: uint8 by truncation, JPEG at PIL's default quality "
+                                              "(75), transposed (step coordinates are on the transposed frame)"
+                                              if transposed else "the reference's: window clip, slice min-max, "
+                                              "uint8 by truncation")
+                    m = metrics.evaluate(mask, gt, loaded.spacing_kji, cfg["nsd_tolerance"], run.scored,
+                                         run.anchor if spec.prompts_ground_truth_mask else None, spec.kind, run.info)
                 except Exception as e:
                     logger.warning(f"{case.case_id}/{spec_l.name}/{spec.name} failed: {e}", exc_info=True)
                     results.append(_fail(spec_l.name, spec.name, "failed", f"{type(e).__name__}: {e}"))
                     continue
                 ran = _ran_slices(run, gt.shape[0])
-                per_slice = [d if r else None for d, r in zip(metrics.per_slice_dice(run.mask, gt), ran)]
+                per_slice = [d if r else None for d, r in zip(metrics.per_slice_dice(mask, gt), ran)]
                 areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
                 worst = _worst_slices([1.0 if d is None else d for d in per_slice], areas, cfg["worst_slices"])
                 key = f"{spec_l.name}__{spec.name}"
-                arrays[f"{key}__pred"] = np.packbits(run.mask.astype(bool))
+                arrays[f"{key}__pred"] = np.packbits(mask.astype(bool))
+                # overlays on the frames the run saw (prompts are in their coordinates)
                 if run.anchor is not None:
-                    arrays[f"{key}__anchor"] = np.stack([session.volume.slices_u8[run.anchor], gt[run.anchor].astype(np.uint8),
+                    arrays[f"{key}__anchor"] = np.stack([session.volume.slices_u8[run.anchor], gt_run[run.anchor].astype(np.uint8),
                                                          run.mask[run.anchor].astype(np.uint8)])
                 for n, k in enumerate(worst):
                     arrays[f"{key}__worst{n}"] = np.stack(
-                        [session.volume.slices_u8[k], gt[k].astype(np.uint8), run.mask[k].astype(np.uint8)]
+                        [session.volume.slices_u8[k], gt_run[k].astype(np.uint8), run.mask[k].astype(np.uint8)]
                     )
+                if exact:
+                    engine.close(client_id=client_id)
                 results.append({
                     "label": spec_l.name, "protocol": spec.name, "status": "ok", "reason": "", "metrics": m,
                     "anchor": run.anchor, "propagate": list(run.propagate) if run.propagate else None,
@@ -175,7 +240,7 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
                     "gt_area": [int(a) for a in areas], "worst_slices": worst,
                     "slices_processed": run.slices_processed, "seconds": round(run.seconds, 3),
                     "frames_encoded_in_protocol": session.features.frames_encoded - before,
-                    "preset": preset.name,
+                    "preset": "reference frames" if exact else preset.key, "exact": exact or bool(run.info.get("exact")),
                 })
         shape = list(loaded.label.shape)
     finally:

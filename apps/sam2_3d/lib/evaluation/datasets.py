@@ -266,3 +266,21 @@ class LabelSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "values": list(self.values) if self.values else "any"}
+
+
+def image_array(path: str) -> np.ndarray:
+    """The image's voxel values as ``[k, j, i]`` float64 (what nibabel's ``get_fdata`` gives the papers'
+    scripts, axes reversed)."""
+    return sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float64)
+
+
+def recist_array(case: Case, crop: tuple[int, int]) -> np.ndarray | None:
+    """The RECIST marker label map of an npz case (key ``recist``, as MedSAM2's FLARE 2025 files hold it) on
+    the evaluated slices, or None when the case has none."""
+    if case.kind != "npz":
+        return None
+    with np.load(case.image) as data:
+        if "recist" not in data.files:
+            return None
+        recist = np.rint(np.asarray(data["recist"])).astype(np.int32)
+    return recist[crop[0] : crop[1] + 1]

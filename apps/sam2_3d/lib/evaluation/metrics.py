@@ -95,7 +95,7 @@ def _mean(values: list[float]) -> float | None:
 
 def evaluate(pred: np.ndarray, gt: np.ndarray, spacing_kji, tolerance_mm: float,
              scored: tuple[int, int] | None = None, prompt_slice: int | None = None,
-             paper: str | None = None) -> dict:
+             paper: str | None = None, info: dict | None = None) -> dict:
     """Every metric of one binary prediction ``[K, J, I]`` over the scored slices ``[lo, hi]``.
 
     ``prompt_slice``: a slice whose prediction is the ground truth by construction (mask prompts);
@@ -123,28 +123,49 @@ def evaluate(pred: np.ndarray, gt: np.ndarray, spacing_kji, tolerance_mm: float,
             "dice_pooled": overlap(p[keep], g[keep])["dice"] if keep else None,
             "dice_slice_mean": _mean([o["dice"] for k, o in zip(holding, per_slice) if k != prompt_slice - lo]),
         }
-    out["paper"] = paper_metrics(paper, p, g, out)
+    order = (info or {}).get("stack_order")
+    out["paper"] = paper_metrics(paper, p, g, out, None if order is None else [k - lo for k in order], info)
     return out
 
 
 SHEN_KINDS = ("shen_mask", "shen_clicks", "shen_whole")
-SHEN_METRIC = "pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) over the video"
+SHEN_METRIC = ("pooled Dice + MONAI NSD (tolerance 1 voxel, no spacing) on the video stacked in the reference's "
+               "pass order (nsd_anatomical: the same NSD on the slices in anatomical order)")
 PAPER_METRICS = {
     **{kind: SHEN_METRIC for kind in SHEN_KINDS},
     "medsam2_box": "pooled Dice (DSC) + surfel NSD at --nsd-tolerance mm over the volume",
-    "gutierrez_lung": "Dice and Jaccard averaged over the slices holding the object (no NSD)",
+    "medsam2_recist": "pooled Dice (DSC) + surfel NSD at --nsd-tolerance mm over the volume (no reference "
+                      "fixes the tolerance)",
+    "gutierrez_lung": "Dice and Jaccard averaged over the slices holding the object (no NSD); the paper pools "
+                      "every slice of every volume (report: 'paper aggregation')",
+    "cvpr25": "final-round DSC + surfel NSD at --nsd-tolerance mm (0 when DSC <= 0.2); DSC_AUC / NSD_AUC over "
+              "the 5 click rounds",
 }
 
 
-def paper_metrics(kind: str | None, p: np.ndarray, g: np.ndarray, m: dict) -> dict | None:
-    """The numbers the protocol's reference code prints, named by what they are."""
+def reference_stack_nsd(p: np.ndarray, g: np.ndarray, order: list[int]) -> float | None:
+    """segment_any_image.py's NSD on its stack: the slices in ``order`` (its dict's insertion order)."""
+    return nsd_shen_reference(p[order], g[order])
+
+
+def paper_metrics(kind: str | None, p: np.ndarray, g: np.ndarray, m: dict, order: list[int] | None = None,
+                  info: dict | None = None) -> dict | None:
+    """The numbers the protocol's reference code prints, named by what they are. ``order``: the slices (of
+    the scored range) in the order the reference stacks them, where that order is not anatomical."""
     if kind not in PAPER_METRICS:
         return None
+    extra = {}
     if kind in SHEN_KINDS:
-        dice, nsd_v = m["dice_pooled"], nsd_shen_reference(p, g)
-    elif kind == "medsam2_box":
+        anatomical = nsd_shen_reference(p, g)
+        dice, nsd_v = m["dice_pooled"], anatomical if order is None else reference_stack_nsd(p, g, order)
+        extra = {"nsd_anatomical": anatomical, "stack": "reference pass order" if order is not None else "anatomical"}
+    elif kind == "cvpr25":
+        c = (info or {}).get("cvpr25", {})
+        dice, nsd_v = c.get("dsc_final"), c.get("nsd_final")
+        extra = {k: c.get(k) for k in ("dsc_auc", "nsd_auc", "seconds_per_interaction", "seconds_total")}
+    elif kind in ("medsam2_box", "medsam2_recist"):
         dice, nsd_v = m["dice_pooled"], m["nsd_surfel"]
     else:
         dice, nsd_v = m["dice_slice_mean"], None
     return {"dice": dice, "nsd": nsd_v, "iou": m["iou_slice_mean"] if kind == "gutierrez_lung" else m["iou_pooled"],
-            "metric": PAPER_METRICS[kind]}
+            "metric": PAPER_METRICS[kind], **extra}

@@ -18,6 +18,7 @@ COLUMNS = (
     "scored_from", "scored_to", "object_slices", "prompt_slice", "prompt_slice_source", "propagate_from", "propagate_to",
     "crop_from", "crop_to", "slices_processed", "encode_frames", "encode_seconds", "protocol_seconds",
     "seconds_per_slice", "device", "cpu", "torch_threads", "gpu",
+    "exact", "paper_nsd_anatomical", "dsc_auc", "nsd_auc", "seconds_per_interaction",
 )
 
 
@@ -57,6 +58,9 @@ def rows(records: list[dict]) -> list[dict]:
                     "prompt_slice_source": (r.get("info") or {}).get("key_slice_source", ""),
                     "slices_processed": r["slices_processed"], "protocol_seconds": r["seconds"],
                     "seconds_per_slice": round(r["seconds"] / max(1, r["slices_processed"]), 4),
+                    "exact": bool(r.get("exact")), "paper_nsd_anatomical": _r(paper.get("nsd_anatomical")),
+                    "dsc_auc": _r(paper.get("dsc_auc")), "nsd_auc": _r(paper.get("nsd_auc")),
+                    "seconds_per_interaction": _r(paper.get("seconds_per_interaction")),
                 })
                 if r["propagate"]:
                     row["propagate_from"], row["propagate_to"] = r["propagate"][0] + k0, r["propagate"][1] + k0

@@ -262,3 +262,150 @@ def gutierrez_points(parts2d: np.ndarray, by_contour: bool = False) -> tuple[lis
             points.append(gutierrez_point(ndimage.binary_fill_holes(pieces == piece), label_mask))
     h, w = parts2d.shape
     return points + [(w // 2, h // 2)], [1] * len(points) + [0]
+
+
+# --- Gutiérrez et al., released code (i3uex/sam v1.1.4, README: --apply_windowing --use_bounding_box) ---------
+
+
+def _move_inside_released(mask: np.ndarray, y: int, x: int) -> tuple[int, int]:
+    """v1.1.4 ``ImageSlice.__move_point_inside_mask``: as :func:`_move_inside`, but the new point is the
+    **middle element** of the longest run of mask pixels along the row/column (``segment[len // 2]``),
+    not their mean. No mask pixel on the four lines: the reference draws a random mask pixel; here the
+    mask pixel nearest to the point (deterministic), then centred."""
+    rays = [(np.flatnonzero(mask[y, :x]), "row"), (np.flatnonzero(mask[y, x + 1:]) + x + 1, "row"),
+            (np.flatnonzero(mask[:y, x]), "col"), (np.flatnonzero(mask[y + 1:, x]) + y + 1, "col")]
+    best, axis = max(rays, key=lambda r: len(r[0]))  # np.argmax: the first of equals
+    if len(best):
+        middle = int(best[len(best) // 2])
+        ny, nx = (y, middle) if axis == "row" else (middle, x)
+    else:
+        ys, xs = np.nonzero(mask)
+        n = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
+        ny, nx = int(ys[n]), int(xs[n])
+    return _centre_in_mask(mask, ny, nx)
+
+
+def gutierrez_released(parts2d: np.ndarray) -> tuple[list[tuple[int, int]], list[int], tuple[int, int, int, int]]:
+    """v1.1.4 ``ImageSlice`` with ``use_bounding_box`` (and ``use_masks_contours`` off, as the README runs it):
+    one positive per label value (its centre of mass, centred inside the value's mask, or moved inside by
+    :func:`_move_inside_released`), then a negative at the centre of the box around **all** masks
+    (``regionprops`` bbox, max exclusive: ``r0 + (r1 - r0) // 2``), and that box (``get_box``: x0, y0, x1, y1
+    with the exclusive max) sent to SAM with the points. Returns ``(points (x, y), labels, box)``."""
+    from scipy import ndimage
+
+    points: list[tuple[int, int]] = []
+    for value in np.unique(parts2d):
+        if value == 0:
+            continue
+        label_mask = parts2d == value
+        cy, cx = ndimage.center_of_mass(label_mask)
+        y, x = int(cy), int(cx)
+        y, x = _centre_in_mask(label_mask, y, x) if label_mask[y, x] else _move_inside_released(label_mask, y, x)
+        points.append((x, y))
+    ys, xs = np.nonzero(parts2d)
+    r0, c0, r1, c1 = int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
+    negative = (c0 + (c1 - c0) // 2, r0 + (r1 - r0) // 2)
+    return points + [negative], [1] * len(points) + [0], (c0, r0, c1, r1)
+
+
+# --- CVPR 2025 "Foundation Models for Interactive 3D Biomedical Image Segmentation" ------------------------
+# JunMa11/CVPR-MedSegFMCompetition: get_boxes.py (the initial 3D box) and CVPR25_iter_eval.py (the clicks).
+
+
+def cvpr25_box(gt: np.ndarray, rng: np.random.Generator | None = None) -> dict:
+    """``mask3D_to_bbox``: the object's z-range, ``z_mid`` = the middle of the slices holding it
+    (``z_indices[len // 2]``), and ``mask2D_to_bbox`` on that slice: the 2D box widened by a random
+    ``bbox_shift`` of 0..5 px scaled by the slice size / 256 (``np.random.randint(0, 6)``), clipped to
+    the slice. The challenge drew the shift from a global seed in a process pool; here from ``rng``
+    (None: no shift)."""
+    zs = np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        raise ValueError("the object is absent from this volume")
+    z_mid = int(zs[len(zs) // 2])
+    ys, xs = np.nonzero(gt[z_mid])
+    h, w = gt.shape[1:]
+    shift = int(rng.integers(0, 6)) if rng is not None else 0
+    sx, sy = int(shift * w / 256), int(shift * h / 256)
+    box = (max(0, int(xs.min()) - sx), max(0, int(ys.min()) - sy), min(w - 1, int(xs.max()) + sx),
+           min(h - 1, int(ys.max()) + sy))
+    return {"z_min": int(zs[0]), "z_max": int(zs[-1]), "z_mid": z_mid, "box": list(box), "shift": shift}
+
+
+def _cvpr25_edt(component: np.ndarray) -> np.ndarray:
+    """``compute_edt``: the EDT (voxel units, no spacing) of the component cropped to its bounding box and
+    zero-padded by 25 % of the crop (at least 1 voxel), so the volume's edge counts as outside."""
+    coords = np.argwhere(component)
+    lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
+    crop = component[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    pad = np.maximum((np.asarray(crop.shape) * 0.25).astype(int), 1)
+    dist = distance_transform_edt(np.pad(crop, [(p, p) for p in pad]))
+    out = np.zeros(component.shape, dtype=dist.dtype)
+    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = dist[tuple(slice(p, p + s) for p, s in zip(pad, crop.shape))]
+    return out
+
+
+def cvpr25_click(gt: np.ndarray, pred: np.ndarray) -> tuple[tuple[int, int, int], int, int] | None:
+    """The challenge's refinement click: ``((k, j, i), label, component size)`` or None when perfect.
+
+    The error (``segs != gts``) is split into 26-connected components; the largest (first of equals, as
+    ``np.argmax`` of the bincount) gets its EDT (:func:`_cvpr25_edt`); among the voxels at its maximum one
+    is drawn uniformly with ``np.random.seed(42)`` re-seeded at every click (``sample_coord``); a voxel of
+    the ground truth is a foreground click, else a background one."""
+    from scipy import ndimage
+
+    error = gt.astype(bool) != pred.astype(bool)
+    if not error.any():
+        return None
+    comps, _ = ndimage.label(error, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    largest = comps == int(np.argmax(sizes))
+    edt = _cvpr25_edt(largest) * largest
+    if not edt.any():
+        edt = largest.astype(float)
+    candidates = np.argwhere(edt == edt.max())
+    k, j, i = (int(v) for v in candidates[np.random.RandomState(42).choice(len(candidates))])
+    return (k, j, i), int(bool(gt[k, j, i])), int(largest.sum())
+
+
+# --- MedSAM2 RECIST (medsam2_infer_CT_lesion_npz_recist.py) ------------------------------------------------
+
+
+def long_axis_marker(mask2d: np.ndarray) -> np.ndarray:
+    """A RECIST-like marker drawn from a mask (the stand-in when a case has no marker): the line between
+    the two mask pixels farthest apart (the maximum Feret diameter; first pair of equals), as a uint8
+    image with 1 on the line. A radiologist's long axis is measured on the lesion the same way."""
+    from scipy.spatial import ConvexHull
+    from skimage.draw import line
+
+    ys, xs = np.nonzero(mask2d)
+    if ys.size == 0:
+        raise ValueError("empty mask has no long axis")
+    pts = np.stack([ys, xs], axis=1)
+    if len(pts) >= 3:
+        try:
+            pts = pts[ConvexHull(pts).vertices]
+        except Exception:  # all pixels on one line: the hull is degenerate, every pixel is a candidate
+            pass
+    d = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
+    a, b = np.unravel_index(int(np.argmax(d)), d.shape)
+    marker = np.zeros(mask2d.shape, dtype=np.uint8)
+    rr, cc = line(int(pts[a, 0]), int(pts[a, 1]), int(pts[b, 0]), int(pts[b, 1]))
+    marker[rr, cc] = 1
+    return marker
+
+
+def recist_box(marker2d: np.ndarray, shift: int = 0) -> tuple[int, int, int, int]:
+    """``get_diameter_bbox``: the first and last marker pixels in row-major order are the ends, the box is
+    the square centred on their midpoint (``astype(int)``) with half side ``int(length / 2)``, widened by
+    ``shift`` and clipped to the slice: ``(x0, y0, x1, y1)``."""
+    h, w = marker2d.shape
+    ys, xs = np.nonzero(marker2d)
+    if ys.size == 0:
+        raise ValueError("empty RECIST marker")
+    coords = np.stack([xs, ys], axis=1)
+    p1, p2 = coords[0], coords[-1]
+    cx, cy = ((p1 + p2) / 2).astype(int)
+    half = int(np.linalg.norm(p1 - p2) / 2)
+    return (max(0, int(cx) - half - shift), max(0, int(cy) - half - shift),
+            min(w - 1, int(cx) + half + shift), min(h - 1, int(cy) + half + shift))

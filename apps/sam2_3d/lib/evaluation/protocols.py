@@ -17,6 +17,7 @@ import numpy as np
 from lib.engine.engine import Session, SlicePrompt
 
 from . import prompts as P
+from . import reference_runs
 
 PROTOCOLS = ("mask", "clicks", "box", "slice2d")
 # The papers' recipes, by name (docs/evaluation.md: the rule each follows and the reference line).
@@ -26,10 +27,15 @@ NAMED = {
     "shen2024-whole": "shen_whole",  # its --threshold 0 video: the whole object and a random margin
     "medsam2-box": "medsam2_box",
     "gutierrez2023-lung": "gutierrez_lung",
+    "medsam2-recist": "medsam2_recist",
+    "cvpr25-interactive": "cvpr25",
 }
+# Kinds whose paper-exact mode (--exact) differs from this project's run of the recipe.
+EXACT_KINDS = ("shen_mask", "shen_whole", "shen_clicks", "gutierrez_lung")
 HELP = ("mask, clicks, clicksN (N=1..5), box, slice2d; or a paper's recipe: shen2024-1mask, shen2024-salient, "
         "shen2024-whole, "
-        "shen2024-Nclicks (N=1..5, e.g. shen2024-5clicks), medsam2-box, gutierrez2023-lung")
+        "shen2024-Nclicks (N=1..5, e.g. shen2024-5clicks), medsam2-box, medsam2-recist, gutierrez2023-lung, "
+        "cvpr25-interactive")
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,8 @@ def _prompt(step: dict, gt: np.ndarray) -> SlicePrompt:
         return SlicePrompt.from_mask(gt[step["k"]])  # "ground truth of slice k": replayable from the data
     if step["kind"] == "box":
         return SlicePrompt(box=tuple(step["box"]))
-    return SlicePrompt(points=tuple(tuple(p) for p in step["points"]), labels=tuple(step["labels"]))
+    return SlicePrompt(points=tuple(tuple(p) for p in step["points"]), labels=tuple(step["labels"]),
+                       box=tuple(step["box"]) if step.get("box") else None)
 
 
 def execute(session: Session, gt: np.ndarray, steps: list[dict], propagate: tuple[int, int] | None):
@@ -130,17 +137,22 @@ def _full_or_object(gt: np.ndarray, prop_range: str) -> tuple[int, int]:
 
 def run(spec: ProtocolSpec, session: Session, gt: np.ndarray, prop_range: str = "volume",
         slice2d_positives: int = 3, seed: int = 0, parts: np.ndarray | None = None,
-        key_slice: int | None = None) -> ProtocolRun:
+        key_slice: int | None = None, exact: bool = False, spacing=None, nsd_tolerance: float = 2.0,
+        marker: np.ndarray | None = None) -> ProtocolRun:
     """Run one protocol on one object (``gt``: bool [K, J, I]).
 
     ``parts``: int [K, J, I], one id per part of the object (each lung) for gutierrez2023-lung;
-    ``key_slice``: the dataset's key slice for medsam2-box (None: the largest-area slice).
+    ``key_slice``: the dataset's key slice for medsam2-box / medsam2-recist (None: the largest-area slice);
+    ``exact``: the paper-exact mode of the papers' recipes (their reference code's state handling);
+    ``spacing`` (k, j, i mm) and ``nsd_tolerance``: the per-round NSD of cvpr25-interactive;
+    ``marker``: bool [K, J, I], the data's RECIST line of this object (medsam2-recist), if it has one.
     """
     t0 = time.perf_counter()
     gt = gt.astype(bool)
     try:
         out = _RECIPES[spec.kind](spec, session, gt, prop_range=prop_range, slice2d_positives=slice2d_positives,
-                                  seed=seed, parts=parts, key_slice=key_slice)
+                                  seed=seed, parts=parts, key_slice=key_slice, exact=exact, spacing=spacing,
+                                  nsd_tolerance=nsd_tolerance, marker=marker)
     except Skip as why:
         empty = np.zeros(gt.shape, dtype=np.uint8)
         return ProtocolRun(empty, [], None, None, 0, time.perf_counter() - t0, skipped=str(why))
@@ -185,20 +197,25 @@ def _shen_video(gt: np.ndarray) -> tuple[int, int]:
     return video
 
 
-def _mask_on_video(session, gt, video: tuple[int, int], info: dict) -> ProtocolRun:
+def _mask_on_video(session, gt, video: tuple[int, int], info: dict, exact: bool = False) -> ProtocolRun:
     """segment_any_image.py: the ground truth of the video's middle frame, propagated within the video."""
     anchor = P.shen_central(video)
+    info = {"video": list(video), "stack_order": reference_runs.shen_stack_order(video, anchor), **info}
+    if exact:
+        mask, steps, _ = reference_runs.shen(session, gt, video, anchor)
+        return ProtocolRun(mask, steps, video, anchor, video[1] - video[0] + 1, 0.0, scored=video,
+                           info={**info, "exact": True})
     steps = [{"k": anchor, "verb": "set_prompts", "kind": "mask", "source": "ground truth of slice k"}]
     mask, processed = execute(session, gt, steps, video)
-    return ProtocolRun(mask, steps, video, anchor, processed, 0.0, scored=video, info={"video": list(video), **info})
+    return ProtocolRun(mask, steps, video, anchor, processed, 0.0, scored=video, info=info)
 
 
-def _shen_mask(spec, session, gt, **_) -> ProtocolRun:
+def _shen_mask(spec, session, gt, exact=False, **_) -> ProtocolRun:
     """The salient video (``--threshold 256``, the reference's default)."""
-    return _mask_on_video(session, gt, _shen_video(gt), {})
+    return _mask_on_video(session, gt, _shen_video(gt), {}, exact)
 
 
-def _shen_whole(spec, session, gt, seed=0, **_) -> ProtocolRun:
+def _shen_whole(spec, session, gt, seed=0, exact=False, **_) -> ProtocolRun:
     """The ``--threshold 0`` video (the whole object, a random margin each side)."""
     whole = P.shen_whole_video(gt, seed)
     if whole is None:
@@ -207,17 +224,28 @@ def _shen_whole(spec, session, gt, seed=0, **_) -> ProtocolRun:
     anchor = P.shen_central(video)
     if not gt[anchor].any():
         raise Skip(f"the video's middle frame {anchor} holds no ground truth: no mask prompt can be given")
-    return _mask_on_video(session, gt, video, {"margins": list(margins)})
+    return _mask_on_video(session, gt, video, {"margins": list(margins)}, exact)
 
 
-def _shen_clicks(spec, session, gt, **_) -> ProtocolRun:
-    """segment_any_image_with_clicks.py: N rounds of perform_iteration on the middle frame, then propagate."""
+def _shen_clicks(spec, session, gt, exact=False, **_) -> ProtocolRun:
+    """segment_any_image_with_clicks.py: N rounds of perform_iteration on the middle frame, then propagate.
+    Ours: each round a fresh 2D answer from all clicks so far (the engine's segment_slice); exact: every
+    click added to one SAM 2 state, the previous round's mask logits fed back (reference_runs.shen)."""
     video = _shen_video(gt)
     anchor = P.shen_central(video)
     area = int(gt[anchor].sum())
     if area <= P.SHEN_MIN_CENTRAL_PIXELS:
         raise Skip(f"central slice {anchor} holds {area} px <= {P.SHEN_MIN_CENTRAL_PIXELS}: "
                    "the reference skips the case ('GT is too small')")
+    info = {"video": list(video), "stack_order": reference_runs.shen_stack_order(video, anchor)}
+    if exact:
+        try:
+            mask, steps, _ = reference_runs.shen(session, gt, video, anchor, clicks=spec.clicks)
+        except ValueError as why:
+            raise Skip(str(why)) from None
+        rounds = sum(1 for s in steps if s.get("round"))
+        return ProtocolRun(mask, steps, video, anchor, rounds + video[1] - video[0] + 1, 0.0, scored=video,
+                           info={**info, "exact": True})
     session.reset()
     pred = np.zeros(gt.shape[1:], dtype=bool)
     points, labels, steps = [], [], []
@@ -237,7 +265,7 @@ def _shen_clicks(spec, session, gt, **_) -> ProtocolRun:
         raise Skip(f"no click: no error region on slice {anchor} is thicker than {P.SHEN_MIN_DISTANCE} px")
     prop = session.propagate(*video)
     return ProtocolRun(prop.mask, steps, video, anchor, len(steps) + len(prop.scores), 0.0, scored=video,
-                       info={"video": list(video)})
+                       info=info)
 
 
 def _medsam2_box(spec, session, gt, key_slice=None, **_) -> ProtocolRun:
@@ -274,24 +302,152 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return (comps == int(np.argmax(sizes)) + 1).astype(np.uint8)
 
 
-def _gutierrez_lung(spec, session, gt, parts=None, **_) -> ProtocolRun:
+def _gutierrez_lung(spec, session, gt, parts=None, exact=False, **_) -> ProtocolRun:
     """Gutiérrez et al. (i3uex/sam process_image.py): every slice with the object, alone, with one positive
-    per part (lung) at its centre of mass and a negative at the image centre; no propagation."""
+    per part (lung) at its centre of mass and a negative; no propagation. Ours: the 2023-05-05 rule (negative
+    at the image centre, no box); exact: the released v1.1.4 (negative at the centre of the box around all
+    masks, that box sent too, the middle element of a run as the moved positive)."""
     parts = gt.astype(np.int32) if parts is None else parts
     single = len(np.unique(parts[gt])) == 1  # one part (one label value): its separate contours are the parts
     steps = []
     for k in np.flatnonzero(gt.reshape(gt.shape[0], -1).any(axis=1)):
+        if exact:
+            pts, labels, box = P.gutierrez_released(np.where(gt[k], parts[k], 0))
+            steps.append({"k": int(k), "verb": "segment_slice", "kind": "points", "reset": True,
+                          "points": [list(p) for p in pts], "labels": labels, "box": list(box)})
+            continue
         pts, labels = P.gutierrez_points(np.where(gt[k], parts[k], 0), by_contour=single)
         steps.append({"k": int(k), "verb": "segment_slice", "kind": "points", "reset": True,
                       "points": [list(p) for p in pts], "labels": labels})
     mask, processed = execute(session, gt, steps, None)
     ks = [s["k"] for s in steps]
     return ProtocolRun(mask, steps, None, None, processed, 0.0, scored=(min(ks), max(ks)),
-                       info={"per_slice": True})
+                       info={"per_slice": True, **({"exact": True} if exact else {})})
+
+
+def recist_marker(gt: np.ndarray, marker: np.ndarray | None, key_slice: int | None) -> tuple[int, np.ndarray, str, str]:
+    """The marker slice and its RECIST line: ``(k, line 2D, marker source, key-slice source)``. The data's marker
+    (npz ``recist``) when it has one: on exactly one slice, as the reference asserts (``len(z_indices) == 1``);
+    else the stand-in, the longest diameter of the ground truth on the key slice."""
+    if marker is not None and marker.any():
+        ks = np.flatnonzero(marker.reshape(marker.shape[0], -1).any(axis=1))
+        if len(ks) != 1:
+            raise ValueError(f"the RECIST marker spans slices {ks.tolist()}; the reference expects exactly one")
+        k = int(ks[0])
+        return k, marker[k].astype(np.uint8), "the data's RECIST marker (npz 'recist')", "the marker's slice"
+    source = "given"
+    if key_slice is None:
+        key_slice, source = P.largest_slice(gt), "largest ground-truth area (no key slice given)"
+    if not 0 <= key_slice < gt.shape[0] or not gt[key_slice].any():
+        raise ValueError(f"key slice {key_slice} holds no ground truth: no long axis can be drawn on it")
+    return (key_slice, P.long_axis_marker(gt[key_slice]),
+            "stand-in: the longest diameter of the ground truth on the key slice (no RECIST marker in the data)", source)
+
+
+def _medsam2_recist(spec, session, gt, key_slice=None, marker=None, **_) -> ProtocolRun:
+    """MedSAM2 medsam2_infer_CT_lesion_npz_recist.py (``--propagate_with_box``): a square box from the RECIST
+    long axis on the marker slice, its 2D answer re-added as a mask, forward pass, reset, the mask again,
+    reverse pass, the union (no connected-component filter in this script). A case without a marker gets
+    the long axis drawn from the ground truth on the key slice (a stand-in, said in the info)."""
+    key_slice, line, marker_source, key_source = recist_marker(gt, marker, key_slice)
+    box = P.recist_box(line)
+    mask, steps, mask2d = reference_runs.recist(session, gt.shape, box, key_slice)
+    ys, xs = np.nonzero(line)
+    rng = (0, gt.shape[0] - 1)
+    return ProtocolRun(mask, steps, rng, key_slice, gt.shape[0] + 1, 0.0, scored=rng, info={
+        "key_slice_source": key_source, "exact": True,
+        "marker": {"source": marker_source, "ends_xy": [[int(xs[0]), int(ys[0])], [int(xs[-1]), int(ys[-1])]]},
+        "box_2d_dice": round(float(_dice2d(mask2d, gt[key_slice])), 6)})
+
+
+def _dice2d(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+CVPR25_CLICKS = 5
+CVPR25_NSD_MIN_DSC = 0.2  # CVPR25_iter_eval.py: NSD only computed when DSC > 0.2, else 0
+
+
+def _click_prompts(session, k: int, xy: tuple[int, int], label: int, answer: np.ndarray) -> dict:
+    """The session's prompts with one more click on slice k, through ``update_prompts`` (the server's verb).
+    A slice already prompted keeps its prompt and gets the click added; a slice without one gets the
+    click plus the slice's current answer as its mask (what the user sees and corrects there)."""
+    current = session.prompts()
+    points = {s: [(x, y, l) for (x, y), l in zip(p.points, p.labels)] for s, p in current.items() if p.points}
+    points.setdefault(k, []).append((xy[0], xy[1], label))
+    masks = None
+    if k not in current and answer.any():
+        masks = {s: p.mask for s, p in current.items() if p.mask is not None}
+        masks[k] = answer.astype(bool)
+    session.update_prompts(points=points, masks=masks)
+    return {"with_answer_mask": masks is not None}
+
+
+def _cvpr25(spec, session, gt, seed=0, spacing=None, nsd_tolerance=2.0, **_) -> ProtocolRun:
+    """CVPR 2025 interactive 3D: the initial 3D box (z-range + 2D box on the middle slice), then up to 5
+    clicks at the centre of the largest error; each round is one interaction through the session verbs
+    (set_prompts / update_prompts, then propagate over the box's z-range, incremental after the first)."""
+    from . import metrics as M
+
+    spacing = spacing or (1.0, 1.0, 1.0)
+    b = P.cvpr25_box(gt, np.random.default_rng(seed))
+    lo, hi, zm = b["z_min"], b["z_max"], b["z_mid"]
+    session.reset()
+    steps, rounds = [], []
+
+    def score(mask: np.ndarray) -> tuple[float, float]:
+        dsc = M.overlap(mask, gt)["dice"]
+        nsd = M.nsd_surfel(mask, gt, spacing, nsd_tolerance) if dsc > CVPR25_NSD_MIN_DSC else 0.0
+        return float(dsc), float(nsd)
+
+    t0 = time.perf_counter()
+    session.set_prompts({zm: SlicePrompt(box=tuple(b["box"]))})
+    prop = session.propagate(lo, hi)
+    seconds = time.perf_counter() - t0
+    mask = prop.mask.copy()
+    processed = len(prop.scores)
+    steps.append({"k": zm, "verb": "set_prompts", "kind": "box", "box": b["box"], "round": 0,
+                  "box_3d": {"z_min": lo, "z_max": hi, "z_mid": zm, "shift": b["shift"]}})
+    dsc, nsd = score(mask)
+    rounds.append({"round": 0, "prompt": "box", "dsc": dsc, "nsd": nsd, "seconds": round(seconds, 4),
+                   "how": prop.how, "spans": [list(s) for s in prop.propagated_spans]})
+    for r in range(1, CVPR25_CLICKS + 1):
+        click = P.cvpr25_click(gt, mask)
+        t0 = time.perf_counter()
+        if click is None:  # perfect: no click is added, the model is asked again with the same input
+            prop = session.propagate(lo, hi)
+            step = {"verb": "propagate", "round": r, "click": None}
+        else:
+            (k, j, i), label, size = click
+            extra = _click_prompts(session, k, (i, j), label, mask[k])
+            prop = session.propagate(lo, hi)
+            step = {"k": k, "verb": "update_prompts", "kind": "points", "round": r,
+                    "points": [list(p) for p in session.prompts()[k].points], "labels": list(session.prompts()[k].labels),
+                    "click": {"kji": [k, j, i], "label": label, "error_component_voxels": size}, **extra}
+        seconds = time.perf_counter() - t0
+        mask = prop.mask.copy()
+        processed += sum(b - a + 1 for a, b in prop.propagated_spans)
+        steps.append(step)
+        dsc, nsd = score(mask)
+        rounds.append({"round": r, "prompt": "click" if click else "none (perfect)", "dsc": dsc, "nsd": nsd,
+                       "seconds": round(seconds, 4), "how": prop.how,
+                       "spans": [list(s) for s in prop.propagated_spans]})
+    dscs, nsds = [x["dsc"] for x in rounds], [x["nsd"] for x in rounds]
+    from scipy.integrate import trapezoid
+
+    # integrate.cumulative_trapezoid(dscs[-n_clicks:], np.arange(n_clicks))[-1]: the click rounds only
+    paper = {"dsc_auc": float(trapezoid(dscs[-CVPR25_CLICKS:])), "nsd_auc": float(trapezoid(nsds[-CVPR25_CLICKS:])),
+             "dsc_final": dscs[-1], "nsd_final": nsds[-1],
+             "seconds_per_interaction": float(np.mean([x["seconds"] for x in rounds])),
+             "seconds_total": float(np.sum([x["seconds"] for x in rounds]))}
+    return ProtocolRun(mask, steps, (lo, hi), zm, processed, 0.0, scored=None,
+                       info={"rounds": rounds, "cvpr25": paper})
 
 
 _RECIPES = {"mask": _legacy, "box": _legacy, "clicks": _legacy, "slice2d": _legacy, "shen_mask": _shen_mask,
-            "shen_whole": _shen_whole, "shen_clicks": _shen_clicks, "medsam2_box": _medsam2_box, "gutierrez_lung": _gutierrez_lung}
+            "shen_whole": _shen_whole, "shen_clicks": _shen_clicks, "medsam2_box": _medsam2_box, "gutierrez_lung": _gutierrez_lung,
+            "medsam2_recist": _medsam2_recist, "cvpr25": _cvpr25}
 
 
 def _clicks(session: Session, gt: np.ndarray, k: int, rounds: int) -> tuple[list[dict], int]:

@@ -25,6 +25,84 @@ def _mean_sd(values: list) -> str:
     return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
 
+def _ok_results(records, setting, label, protocol):
+    for rec in records:
+        if rec["setting"] != setting:
+            continue
+        for r in rec["results"]:
+            if r.get("status", "ok") == "ok" and r["label"] == label and r["protocol"] == protocol:
+                yield rec, r
+
+
+def slice_pooled(records, setting: str, label: str, protocol: str) -> dict:
+    """Gutiérrez et al.'s aggregation (i3uex/sam join_results.py): the mean over every scored slice of
+    every volume, as one pool (``per_slice_dice`` is None where the protocol never segmented)."""
+    dice, iou = [], []
+    for _, r in _ok_results(records, setting, label, protocol):
+        dice += [d for d in r["per_slice_dice"] if d is not None]
+        iou += [v for v in r.get("per_slice_iou", []) if v is not None]
+    return {"slices": len(dice), "dice": float(np.mean(dice)) if dice else None,
+            "iou": float(np.mean(iou)) if iou else None}
+
+
+def case_mean(records, setting: str, label: str, protocol: str) -> float | None:
+    """This project's aggregation: the mean over cases of each case's mean slice Dice."""
+    means = [np.mean([d for d in r["per_slice_dice"] if d is not None])
+             for _, r in _ok_results(records, setting, label, protocol) if any(d is not None for d in r["per_slice_dice"])]
+    return float(np.mean(means)) if means else None
+
+
+def _papers_own(records) -> list[str]:
+    """The figures that exist only for some protocols: each paper's own aggregation beside ours."""
+    lines = []
+    groups = dict.fromkeys((rec["setting"], r["label"], r["protocol"]) for rec in records for r in rec["results"]
+                           if r.get("status", "ok") == "ok")
+    shen = [(g, [r for _, r in _ok_results(records, *g)]) for g in groups if g[2].startswith("shen2024")]
+    if shen:
+        lines += ["### Shen et al.: NSD on the reference's stack and in anatomical order", "",
+                  "segment_any_image.py stacks the frames in the order its two passes returned them (prompt .. end, "
+                  "then prompt - 1 .. start) and computes MONAI's NSD on that stack; *anatomical* is the same NSD on "
+                  "the slices in order (the corrected figure).", "",
+                  "| setting | label | protocol | mode | paper NSD (reference stack) | NSD (anatomical order) |",
+                  "|---|---|---|---|---|---|"]
+        for (s, lab, p), rs in shen:
+            lines.append(f"| {s} | {lab} | {p} | {'exact' if any(r.get('exact') for r in rs) else 'ours'} "
+                         f"| {_mean_sd([r['metrics']['paper']['nsd'] for r in rs])} "
+                         f"| {_mean_sd([r['metrics']['paper'].get('nsd_anatomical') for r in rs])} |")
+        lines.append("")
+    gut = [g for g in groups if g[2].startswith("gutierrez")]
+    if gut:
+        lines += ["### Gutiérrez et al.: the paper's aggregation beside ours", "",
+                  "The paper (join_results.py) averages over all slices of all volumes pooled; ours is the mean of "
+                  "the per-case means.", "",
+                  "| setting | label | protocol | slices | paper Dice (pooled slices) | paper Jaccard | ours: mean of case means |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in gut:
+            pooled = slice_pooled(records, *g)
+            lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {pooled['slices']} | {_fmt(pooled['dice'])} | {_fmt(pooled['iou'])} "
+                         f"| {_fmt(case_mean(records, *g))} |")
+        lines.append("")
+    cvpr = [(g, [(rec, r) for rec, r in _ok_results(records, *g)]) for g in groups if g[2] == "cvpr25-interactive"]
+    if cvpr:
+        lines += ["### CVPR 2025 interactive 3D: per round", "",
+                  "Round 0: the 3D box; rounds 1-5: one click each, every round through the session verbs "
+                  "(`set_prompts`/`update_prompts` + `propagate`, incremental). DSC_AUC / NSD_AUC: trapezoid over the 5 "
+                  "click rounds (CVPR25_iter_eval.py); NSD is 0 when DSC <= 0.2. Seconds: the verbs' wall time per "
+                  "interaction.", "",
+                  "| setting | label | case | DSC per round | NSD per round | DSC_AUC | NSD_AUC | final DSC | final NSD | s / interaction |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for (s, lab, _), items in cvpr:
+            for rec, r in items:
+                rounds = r["info"]["rounds"]
+                c = r["info"]["cvpr25"]
+                dscs = " ".join("%.3f" % x["dsc"] for x in rounds)
+                nsds = " ".join("%.3f" % x["nsd"] for x in rounds)
+                lines.append(f"| {s} | {lab} | {rec['case']} | {dscs} | {nsds} | {c['dsc_auc']:.3f} | {c['nsd_auc']:.3f} "
+                             f"| {c['dsc_final']:.3f} | {c['nsd_final']:.3f} | {c['seconds_per_interaction']:.2f} |")
+        lines.append("")
+    return (["## The papers' own figures", ""] + lines) if lines else []
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -50,6 +128,9 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
         f"- NSD tolerance {config['nsd_tolerance']} mm (MONAI and surfel NSD; the Shen et al. paper NSD uses "
         "MONAI at 1 voxel, as its reference code). Each protocol is scored over its own slices: the video "
         "(shen2024-*), the volume (medsam2-box, mask/clicks), the slices holding the object (gutierrez2023-lung)",
+        "- mode: " + ("**paper-exact** (`--exact`): the papers' protocols use their reference code's frames, "
+                      "state handling and released prompt rules (docs/evaluation.md)" if config.get("exact")
+                      else "this project's run of each recipe (`--exact` for the papers' reference code step by step)"),
         "", "Settings:", "", "| setting | options |", "|---|---|",
     ]
     lines += [f"| {s['name']} | {', '.join(f'{k}={v}' for k, v in s['conf'].items())} |" for s in config["settings"]]
@@ -104,6 +185,7 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
         lines += [f"| {r['setting']} | {r['case']} | {r['label']} | {r['protocol'] or '–'} | {r['status']} "
                   f"| {str(r['reason']).replace('|', '/')} |" for r in bad]
     lines += ["", "Per-case values: `results.csv`; prompts, per-slice Dice and everything else: `results.json`.", ""]
+    lines += _papers_own(records)
     lines += _per_case(figdir, records, table)
     lines += _along_z(figdir, records)
     lines += _prompts(figdir, store, records)

@@ -99,6 +99,6 @@ def _exit_on_sigterm(signum, frame):
 
 def task_config(config: dict) -> dict:
     """What a case task needs from the run's configuration (plain data, sent to Ray workers)."""
-    keys = ("labels", "protocols", "clicks", "range", "nsd_tolerance", "z_margin", "max_slices",
+    keys = ("labels", "protocols", "clicks", "range", "exact", "nsd_tolerance", "z_margin", "max_slices",
             "slice2d_positives", "seed", "worst_slices", "threads", "key_slices")
     return {k: config.get(k) for k in keys}

@@ -18,7 +18,7 @@ import numpy as np
 
 # Options that change results; executor options (workers, address) may differ on resume.
 RESULT_KEYS = ("dataset", "format", "modality", "channel", "cases", "labels", "protocols", "clicks", "range",
-               "nsd_tolerance", "z_margin", "max_slices", "slice2d_positives", "seed", "settings", "worst_slices", "label_file", "key_slices")
+               "nsd_tolerance", "z_margin", "max_slices", "slice2d_positives", "seed", "settings", "worst_slices", "label_file", "key_slices", "exact")
 
 
 class ConfigMismatch(RuntimeError):
@@ -52,7 +52,12 @@ class Store:
         self._write_json(run_json, config)
 
     def done(self, setting: str, case: str) -> bool:
-        return os.path.exists(self.path(setting, case, "json"))
+        """Saved, and not a case lost on a cluster (those are reported failed and run again on resume)."""
+        path = self.path(setting, case, "json")
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            return not json.load(f).get("retry")
 
     def save(self, record: dict, arrays: dict) -> None:
         npz = self.path(record["setting"], record["case"], "npz")
