@@ -18,6 +18,7 @@ session take turns and never see each other's half-applied prompts.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -72,19 +73,31 @@ class Session:
         return track.last if track else None
 
     # -- prompts -------------------------------------------------------------------------------
+    @contextmanager
+    def all_or_nothing(self):
+        """A request's changes (current label, prompts, history, SAM 2 states) stand only if it succeeds:
+        a refused request leaves the session exactly as it found it, its last answers included."""
+        with self.lock:
+            saved = (self.label, dict(self._prompts), {n: h.copy() for n, h in self._history.items()},
+                     dict(self._tracks))
+            try:
+                yield
+            except BaseException:
+                self.label, self._prompts, self._history, self._tracks = saved
+                raise
+
     def reset(self, label: str | None = None) -> None:
-        """Clear one label (prompts, history, SAM 2 state) or, without a label, every label."""
+        """Clear one label (prompts, history, SAM 2 state) or, without a label, every label. The SAM 2
+        states are dropped, not cleared in place, so that :meth:`all_or_nothing` can put them back."""
         with self.lock:
             if label is None:
-                for track in self._tracks.values():
-                    track.clear()
                 self._tracks.clear()
                 self._prompts.clear()
                 self._history.clear()
                 self._cache_2d.clear()
-            elif label in self._tracks:
+            elif label in self._prompts:
                 # the label keeps its place (its value in a combined map), with nothing in it
-                self._tracks[label].clear()
+                self._tracks.pop(label, None)
                 self._prompts[label] = {}
                 self._history[label] = PromptHistory()
 
@@ -135,6 +148,9 @@ class Session:
         with self.lock:
             label = label or self.label
             track = self.track(label)
+            if not self._prompts[label]:  # its last prompt undone or removed: an empty label, a fresh state
+                self._tracks.pop(label)
+                return Propagation.empty(self.volume.slices_u8.shape, lo, hi)
             return track.propagate(self._prompts[label], lo, hi, auto_stop, incremental, rejoin)
 
     def segment_slice(self, k: int, prompt: SlicePrompt, label: str | None = None) -> tuple[np.ndarray, float]:

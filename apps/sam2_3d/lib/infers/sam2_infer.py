@@ -114,15 +114,18 @@ class Sam2InferTask(InferTask):
         self._check_checkpoint(request)
         extension = self._result_extension(request)
         preset = intensity.preset_from_params(request)
-        axis = self._axis(request)
+        axis, axis_hint = self._axis(request)
         mode = "2d" if self.kind == "slice2d" else "3d"
         client_id = str(request.get("client_id") or "")
-        session = self.engine.open(image_path, client_id, preset, mode, axis)
-        with session.lock:  # the whole request: prompts, propagation and the answer belong together
+        session = self.engine.open(image_path, _session_client(request, client_id), preset, mode, axis)
+        # the whole request under the session's lock: prompts, propagation and the answer belong together;
+        # a refused request leaves the session as it was (its prompts, undo history and last answers)
+        with session.all_or_nothing():
             encoded_before = session.features.frames_encoded  # prompts on new slices encode them too
             result_mask, label_names, result, label = self._answer(request, session, anonymous=not client_id)
             frames_encoded = session.features.frames_encoded - encoded_before
             answer = self._result_json(result, session, label, label_names, frames_encoded)
+            answer["axis_hint"] = axis_hint
         self.engine.trim(keep=session)
         out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
         write_label(label_image_like(session.geometry.to_volume(result_mask), session.volume.image), out_file)
@@ -137,13 +140,7 @@ class Sam2InferTask(InferTask):
         elif _truthy(request.get("reset_state")):
             session.reset(label)
         if self.kind == "slice2d":
-            k, prompt = self._slice2d_prompt(request, geo)
-            t0 = time.perf_counter()
-            mask2d, score = session.segment_slice(k, prompt)
-            mask = np.zeros(session.volume.slices_u8.shape, dtype=np.uint8)
-            mask[k] = mask2d
-            result = Propagation(mask, [k], (k, k), (k, k), {k: score}, {}, 0, time.perf_counter() - t0, [(k, k)], "2d")
-            return mask, {label: 1}, result, label
+            return self._answer_2d(request, session, label)
         lo, hi = self._slice_range(request, geo)
         if _truthy(request.get("undo")):
             session.undo()
@@ -165,8 +162,27 @@ class Sam2InferTask(InferTask):
             return mask, names, result, label
         return result.mask, {label: 1}, result, label
 
+    def _answer_2d(self, request, session, label: str):
+        """One slice from its own clicks; undo/redo step back to the label's previous slice and clicks."""
+        if _truthy(request.get("undo")):
+            session.undo()
+        elif _truthy(request.get("redo")):
+            session.redo()
+        else:
+            session.set_prompts(dict([self._slice2d_prompt(request, session.geometry)]))
+        shape = session.volume.slices_u8.shape
+        if not session.prompts():
+            return np.zeros(shape, dtype=np.uint8), {label: 1}, Propagation.empty(shape, 0, 0), label
+        (k, prompt), = session.prompts().items()
+        t0 = time.perf_counter()
+        mask2d, score = session.segment_slice(k, prompt)
+        mask = np.zeros(shape, dtype=np.uint8)
+        mask[k] = mask2d
+        result = Propagation(mask, [k], (k, k), (k, k), {k: score}, {}, 0, time.perf_counter() - t0, [(k, k)], "2d")
+        return mask, {label: 1}, result, label
+
     @staticmethod
-    def _axis(request) -> str:
+    def _axis(request) -> tuple[str, str | None]:
         axis = request.get("axis")
         if axis in (None, ""):
             points = [p for key in ("foreground", "background") for p in (request.get(key) or [])
@@ -175,17 +191,17 @@ class Sam2InferTask(InferTask):
                 hint = suggested_axis(points)
             except (TypeError, ValueError, OverflowError):
                 hint = None  # malformed points: the prompt parser names them
-            if hint:
+            if hint:  # answered along k all the same (the clicks may be axial); the answer says what they suggest
                 value = int(round(float(points[0]["ij".index(hint)])))
-                raise PromptError(
-                    f"every click lies in the plane {hint}={value} while spanning several k slices: they look "
-                    f"placed in a {'sagittal' if hint == 'i' else 'coronal'} view. Send \"axis\": \"{hint}\" to "
-                    f"propagate through {hint} slices, or \"axis\": \"k\" to propagate through axial slices anyway"
+                return "k", (
+                    f"every click lies in the plane {hint}={value} while spanning several k slices: if they were "
+                    f"placed in a {'sagittal' if hint == 'i' else 'coronal'} view, send \"axis\": \"{hint}\" to "
+                    f"propagate through {hint} slices; this answer propagated through axial (k) slices"
                 )
-            return "k"
+            return "k", None
         if axis not in AXES:
             raise UnknownOption(f"axis {axis!r} is not one of i, j, k")
-        return axis
+        return axis, None
 
     # -- request parsing -----------------------------------------------------------------------
     def _check_checkpoint(self, request):
@@ -334,6 +350,15 @@ class Sam2InferTask(InferTask):
             "propagation": result.how,
             "propagated_spans": [list(span) for span in result.propagated_spans],
         }
+
+
+def _session_client(request, client_id: str) -> str:
+    """Whose sessions: the ``client_id`` sent (within the authenticated user's sessions when auth is on);
+    without one, the user's or the browser's key that the HTTP layer set (``lib/web/client_key.py``)."""
+    key = str(request.get("client_key") or "")
+    if key.startswith("user:"):
+        return f"{key}/{client_id}" if client_id else key
+    return client_id or key
 
 
 def _uploaded_label(request) -> str | None:

@@ -43,6 +43,7 @@ from ..datastore.names import check_name
 from ..engine import torch_thread
 from ..engine.errors import EngineInputError, ImageNotFound
 from ..infers.request_checks import check_http_infer, parse_params
+from . import client_key
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args,
 # -- routes -----------------------------------------------------------------------------------------
 async def infer(
     background_tasks: BackgroundTasks,
+    request: Request,
     model: str,
     image: str = "",
     session_id: str = "",
@@ -94,11 +96,13 @@ async def infer(
             raise ImageNotFound(f"session {session_id!r} is unknown or has expired: upload the image again (PUT /session/)")
     except EngineInputError as e:
         raise _http(e) from e
+    p[client_key.PARAM], new_token = client_key.of_request(request, user)  # whose sessions (lib/web/client_key.py)
     # on the torch thread (lib/engine/torch_thread.py): the thread the model was built on runs it fastest
-    return await _in_thread_cleaning_up(
+    answer = await _in_thread_cleaning_up(
         background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output,
         executor=torch_thread.executor(),
     )
+    return client_key.with_cookie(answer, new_token, request)
 
 
 async def save_label(

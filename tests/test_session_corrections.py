@@ -1,0 +1,188 @@
+"""Corrections as annotators make them (issue 20), each through the real server over HTTP.
+
+One request per action, with the params Slicer or OHIF send; answers are compared with what a fresh
+client given the same final prompts answers (the oracle of tests/test_sessions.py, reached over HTTP).
+Real SAM 2.1 tiny with RANDOM WEIGHTS (conftest): masks are meaningless but deterministic, so equality
+between two answers is an exact statement. Slice ranges are small to keep CPU time low.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import nrrd
+import numpy as np
+import requests
+from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+IMAGE = "spinalcord_t2"  # 60 x 55 x 52 (i, j, k)
+
+
+class Answer:
+    def __init__(self, resp: requests.Response):
+        self.status = resp.status_code
+        self.resp = resp
+        self.json: dict = {}
+        self.mask = None
+        if self.status != 200:
+            self.detail = resp.json().get("detail", resp.text)
+            return
+        for part in MultipartDecoder.from_response(resp).parts:
+            disposition = part.headers[b"Content-Disposition"].decode()
+            if 'name="params"' in disposition:
+                self.json = json.loads(part.content)
+            else:
+                header = nrrd.read_header(io.StringIO(part.content.split(b"\n\n", 1)[0].decode() + "\n\n"))
+                data = np.frombuffer(part.content.split(b"\n\n", 1)[1], dtype=np.uint8)
+                self.mask = data.reshape(tuple(reversed(header["sizes"]))).copy()  # [k, j, i]
+
+    def __getitem__(self, key):
+        return self.json[key]
+
+    def ok(self) -> "Answer":
+        assert self.status == 200, self.detail
+        return self
+
+
+def ask(server, params: dict, model: str = "sam2_point", http=requests, image: str = IMAGE) -> Answer:
+    params = {"result_extension": ".nrrd", "result_dtype": "uint8", "preset": "mr", "auto_stop": 0, **params}
+    resp = http.post(f"{server.url}/infer/{model}", params={"image": image},
+                     data={"params": json.dumps(params)}, timeout=600)
+    return Answer(resp)
+
+
+def client(**kw) -> dict:
+    """Params of a client of its own (a fresh client_id) on a small slice range."""
+    return {"client_id": f"corr-{uuid.uuid4().hex[:8]}", "start_slice": 22, "end_slice": 28, **kw}
+
+
+# -- 1. negative-only clicks on a slice are a correction ---------------------------------------------
+def test_background_clicks_alone_on_a_slice_correct_it(server):
+    base = client()
+    first = ask(server, dict(base, foreground=[[30, 27, 24]])).ok()
+    tracked = 27  # tracked by the first pass (inside its range); 30 lies beyond it, never tracked
+    assert tracked in map(int, first["slice_scores"])
+    on_tracked = ask(server, dict(base, foreground=[[30, 27, 24]], background=[[30, 27, tracked]])).ok()
+    assert on_tracked["prompted_slices"] == [24, tracked]
+    wider = dict(base, end_slice=30, foreground=[[30, 27, 24]], background=[[30, 27, tracked], [28, 25, 30]])
+    on_untracked = ask(server, wider).ok()
+    assert on_untracked["prompted_slices"] == [24, tracked, 30]
+    # exactly what a fresh client sending the same clicks gets
+    fresh = ask(server, dict(wider, client_id=f"fresh-{uuid.uuid4().hex[:8]}")).ok()
+    np.testing.assert_array_equal(on_untracked.mask, fresh.mask)
+    # background clicks alone, in a label with nothing positive anywhere, say what is missing
+    only_background = ask(server, client(background=[[30, 27, 24]]))
+    assert only_background.status == 400 and "only background" in only_background.detail
+
+
+# -- 2. a refused request changes nothing -------------------------------------------------------------
+def test_a_refused_request_leaves_prompts_history_and_answer_as_they_were(server):
+    base = client()
+    ask(server, dict(base, foreground=[[30, 27, 24]])).ok()
+    two = ask(server, dict(base, foreground=[[30, 27, 24], [30, 27, 26]])).ok()
+    assert two["undo_available"] == 2
+    # a click outside start_slice/end_slice: refused after the prompts were parsed
+    refused = ask(server, dict(base, foreground=[[30, 27, 24], [30, 27, 26], [33, 22, 35]]))
+    assert refused.status == 400 and "outside the slice range" in refused.detail
+    # the same, after clearing every label: the reset is refused with it
+    refused = ask(server, dict(base, reset_all=True, foreground=[[30, 27, 35]]))
+    assert refused.status == 400
+    again = ask(server, dict(base, foreground=[[30, 27, 24], [30, 27, 26]])).ok()
+    assert again["propagation"] == "cached" and again["undo_available"] == 2 and again["redo_available"] == 0
+    np.testing.assert_array_equal(again.mask, two.mask)
+    undone = ask(server, dict(base, undo=True)).ok()
+    assert undone["prompted_slices"] == [24] and undone["redo_available"] == 1
+    redone = ask(server, dict(base, redo=True)).ok()
+    assert redone["prompted_slices"] == [24, 26] and redone["redo_available"] == 0
+
+
+# -- 7 and 8: undo answers what the session that never had the action answered --------------------------
+def test_undo_of_a_second_click_on_the_same_slice_is_exact(server):
+    base = client()
+    one = ask(server, dict(base, foreground=[[30, 27, 25]])).ok()
+    two = ask(server, dict(base, foreground=[[30, 27, 25]], background=[[24, 22, 25]])).ok()
+    assert two["prompted_slices"] == [25] and two["propagation"] == "incremental"
+    undone = ask(server, dict(base, undo=True)).ok()
+    assert undone["propagation"] == "full"  # a removed click rebuilds, as the one-click answer was made
+    np.testing.assert_array_equal(undone.mask, one.mask)
+    redone = ask(server, dict(base, redo=True)).ok()
+    np.testing.assert_array_equal(redone.mask, two.mask)
+    # moving a click within its slice rebuilds too: the answer is a fresh client's
+    moved = dict(base, foreground=[[31, 26, 25]], background=[[24, 22, 25]])
+    after_move = ask(server, moved).ok()
+    assert after_move["propagation"] == "full"
+    np.testing.assert_array_equal(after_move.mask, ask(server, dict(moved, client_id=base["client_id"] + "-f")).ok().mask)
+
+
+def test_undoing_the_only_click_answers_an_empty_label(server):
+    base = client()
+    ask(server, dict(base, foreground=[[30, 27, 25]])).ok()
+    empty = ask(server, dict(base, undo=True)).ok()
+    assert empty["prompted_slices"] == [] and empty["undo_available"] == 0 and empty["redo_available"] == 1
+    assert empty.mask.shape == (52, 55, 60) and not empty.mask.any()
+    back = ask(server, dict(base, redo=True)).ok()
+    assert back["prompted_slices"] == [25]
+
+
+def test_2d_undo_steps_back_to_the_previous_slice(server):
+    base = {"client_id": f"corr2d-{uuid.uuid4().hex[:8]}"}
+    first = ask(server, dict(base, foreground=[[30, 27, 25]], slice=25), model="sam2_2d").ok()
+    second = ask(server, dict(base, foreground=[[30, 27, 27]], slice=27), model="sam2_2d").ok()
+    assert second["undo_available"] == 2
+    undone = ask(server, dict(base, undo=True), model="sam2_2d").ok()
+    assert undone["prompted_slices"] == [25]
+    np.testing.assert_array_equal(undone.mask, first.mask)
+    empty = ask(server, dict(base, undo=True), model="sam2_2d").ok()
+    assert empty["prompted_slices"] == [] and not empty.mask.any() and empty["undo_available"] == 0
+    assert ask(server, dict(base, undo=True), model="sam2_2d").status == 400  # nothing left to undo
+
+
+# -- 4. clicks are never refused for where they lie --------------------------------------------------
+def test_axial_clicks_in_one_sagittal_plane_are_answered_along_k_with_a_hint(server):
+    """Three clicks down the spinal cord at the same i, no axis (as OHIF sends): answered along k."""
+    clicks = [[30, 27, 38], [30, 28, 40], [30, 29, 42]]
+    answer = ask(server, client(start_slice=37, end_slice=43, foreground=clicks)).ok()
+    assert answer["axis"] == "k" and answer["prompted_slices"] == [38, 40, 42]
+    assert '"axis": "i"' in answer["axis_hint"]
+    plain = ask(server, client(start_slice=37, end_slice=43, foreground=[[30, 27, 38], [31, 28, 40], [29, 29, 42]]))
+    assert plain.ok()["axis_hint"] is None
+
+
+# -- 3. clients without a client_id never share a session ------------------------------------------------
+def test_browsers_without_client_id_keep_sessions_of_their_own(server):
+    """Two OHIF-like browsers (no client_id, cookies kept as a browser keeps them) on one image."""
+    ohif = {"start_slice": 22, "end_slice": 26, "result_compress": False, "restore_label_idx": False}
+    alice, bob = requests.Session(), requests.Session()
+    a1 = ask(server, dict(ohif, foreground=[[30, 27, 24]]), http=alice).ok()
+    cookie = a1.resp.headers["set-cookie"]
+    assert "sam2_3d_client=" in cookie and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
+    b1 = ask(server, dict(ohif, label="bob's", foreground=[[20, 20, 25]]), http=bob).ok()
+    assert b1["session_labels"] == ["bob's"] and b1["undo_available"] == 1
+    a2 = ask(server, dict(ohif, foreground=[[30, 27, 24], [29, 25, 26]]), http=alice).ok()
+    assert "set-cookie" not in a2.resp.headers  # the browser's cookie came back: same session
+    assert a2["undo_available"] == 2 and a2["propagation"] == "incremental"
+    undone = ask(server, dict(ohif, undo=True), http=alice).ok()  # alice's undo touches alice's clicks only
+    assert undone["prompted_slices"] == [24]
+    both = ask(server, dict(ohif, label="bob's", foreground=[[20, 20, 25]], labels="all"), http=bob).ok()
+    assert both["label_names"] == {"bob's": 1} and both["propagation"] == "cached"
+    forged = ask(server, dict(ohif, foreground=[[30, 27, 24]], client_key="user:alice"), http=bob)
+    assert forged.status == 400 and "client_key" in forged.detail  # only the server sets it
+
+
+def test_sessions_are_keyed_by_the_user_when_auth_is_on(monkeypatch):
+    from types import SimpleNamespace
+
+    from lib.infers.sam2_infer import _session_client
+    from lib.web import client_key
+    from monailabel.config import settings
+
+    request = SimpleNamespace(cookies={})
+    key, token = client_key.of_request(request, SimpleNamespace(username="admin"))
+    assert key == f"browser:{token}" and len(token) >= 16  # auth off: the browser's own key
+    monkeypatch.setattr(settings, "MONAI_LABEL_AUTH_ENABLE", True)
+    assert client_key.of_request(request, SimpleNamespace(username="alice")) == ("user:alice", None)
+    assert _session_client({"client_key": "user:alice"}, "") == "user:alice"
+    assert _session_client({"client_key": "user:alice"}, "slicer") == "user:alice/slicer"  # not bob's "slicer"
+    assert _session_client({"client_key": "browser:" + "x" * 24}, "slicer") == "slicer"
