@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 
 import nrrd
@@ -186,3 +187,79 @@ def test_sessions_are_keyed_by_the_user_when_auth_is_on(monkeypatch):
     assert _session_client({"client_key": "user:alice"}, "") == "user:alice"
     assert _session_client({"client_key": "user:alice"}, "slicer") == "user:alice/slicer"  # not bob's "slicer"
     assert _session_client({"client_key": "browser:" + "x" * 24}, "slicer") == "slicer"
+
+
+# -- 5 and 6: sessions outlive the caches and a preset change ----------------------------------------------
+def test_a_session_outlives_its_volume_leaving_the_cache(server):
+    """max_volumes is 4: another user opening 4 other volumes pushes this session's volume out."""
+    base = client(start_slice=22, end_slice=26)
+    one = ask(server, dict(base, label="a", foreground=[[30, 27, 24]])).ok()
+    ask(server, dict(base, label="a", foreground=[[30, 27, 24], [29, 26, 26]])).ok()
+    ask(server, dict(base, label="b", foreground=[[20, 20, 25]])).ok()
+    for preset in ("bone", "lung", "brain", "liver"):  # 4 other volumes (image, preset), one slice each
+        ask(server, {"client_id": "someone-else", "preset": preset, "start_slice": 5, "end_slice": 5,
+                     "foreground": [[10, 10, 5]]}, image="totalseg_ct_small").ok()
+    undone = ask(server, dict(base, label="a", undo=True)).ok()
+    assert undone["prompted_slices"] == [24] and undone["propagation"] == "full"
+    assert undone["session_restarted"] is None and undone["redo_available"] == 1
+    np.testing.assert_array_equal(undone.mask, one.mask)  # rebuilt from the prompts: the fresh answer
+    both = ask(server, dict(base, label="b", foreground=[[20, 20, 25]], labels="all")).ok()
+    assert both["label_names"] == {"a": 1, "b": 2}
+    log = open(server.log_path).read()
+    assert f"client {base['client_id']} on" in log and "its volume had left the cache" in log
+
+
+def test_a_preset_change_keeps_labels_and_history(server):
+    base = client(start_slice=22, end_slice=26)
+    window = {"window_center": 321, "window_width": 543}  # a preset no other test uses
+    ask(server, dict(base, label="a", foreground=[[30, 27, 24]])).ok()
+    ask(server, dict(base, label="a", foreground=[[30, 27, 24], [29, 26, 26]])).ok()
+    changed = ask(server, dict(base, **window, label="a", foreground=[[30, 27, 24], [29, 26, 26]])).ok()
+    assert changed["undo_available"] == 2 and changed["propagation"] == "full" and changed["preset"] != "mr"
+    undone = ask(server, dict(base, **window, label="a", undo=True)).ok()
+    assert undone["prompted_slices"] == [24]
+    back = ask(server, dict(base, label="a", redo=True)).ok()  # the first preset again, the redone click
+    assert back["preset"] == "mr" and back["prompted_slices"] == [24, 26] and back["propagation"] == "full"
+    fresh = ask(server, dict(base, client_id=base["client_id"] + "-f", foreground=[[30, 27, 24], [29, 26, 26]]))
+    np.testing.assert_array_equal(back.mask, fresh.ok().mask)
+    assert "the preset changed from mr to window" in open(server.log_path).read()
+
+
+def test_a_session_ends_only_by_its_ttl_or_the_byte_bound_and_the_answer_says_so(engine):
+    """Through the infer task (what the server runs), with bounds small enough to reach."""
+    from conftest import shared
+    from lib.engine.engine import Sam2VolumeEngine
+    from lib.infers.sam2_infer import Sam2InferTask
+
+    small = Sam2VolumeEngine(engine.predictor, session_ttl_s=3600)
+    task = Sam2InferTask(small, "point", ["object"])
+    request = {"image": shared("spinalcord_t2", "image.nii.gz"), "client_id": "ends", "preset": "mr",
+               "start_slice": 24, "end_slice": 25, "auto_stop": 0, "foreground": [[30, 27, 24]]}
+
+    def answer(**kw):
+        out_file, result = task(dict(request, **kw))
+        os.unlink(out_file)
+        return result
+
+    assert answer()["session_restarted"] is None
+    assert answer(reset_all=True)["session_restarted"] is None  # an explicit reset is the client's own
+    small.session_ttl_s = 0
+    expired = answer()
+    assert "expired" in expired["session_restarted"] and expired["undo_available"] == 1
+    small.session_ttl_s = 3600
+    assert answer()["session_restarted"] is None  # said once
+    small.max_record_bytes = 1  # room for one session's prompts: another client's ends this one
+    answer(client_id="other")
+    bounded = answer()
+    assert "max_session_gb" in bounded["session_restarted"]
+    assert small.stats()["sessions_ended"] == 3
+
+
+# -- 8. a box whose slices miss an earlier click bounds the propagation ---------------------------------
+def test_a_box_beside_an_earlier_click_bounds_the_propagation_with_it(server):
+    base = client(start_slice=21, end_slice=28)
+    ask(server, dict(base, foreground=[[30, 27, 22]])).ok()
+    boxed = ask(server, dict(base, roi=[40, 20, 35, 15, 24, 26], slice=25, foreground=[[30, 27, 22]]),
+                model="sam2_box").ok()  # Slicer sends every click of the label with the box
+    assert boxed["prompted_slices"] == [22, 25] and boxed["slice_range"] == [22, 26]
+    assert not boxed.mask[27:].any() and not boxed.mask[:22].any()

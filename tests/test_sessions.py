@@ -31,6 +31,8 @@ from lib.engine.prompts import SlicePrompt
 LO, HI = 22, 29  # 8 slices of spinalcord_t2: small enough for many examples on a 2-core CPU
 MIN_INCREMENTAL_DICE = 0.99
 INCREMENTAL_DICES: list[float] = []  # the measured distribution, written to test-artifacts/
+WORST_SLICE_DICES: list[float] = []  # per label, its worst slice
+REFUSED: list[str] = []  # actions the sequences saw refused (all-or-nothing checked on each)
 
 
 def _dice(a, b):
@@ -323,7 +325,11 @@ ACTIONS = st.one_of(
     st.tuples(st.just("undo")),
     st.tuples(st.just("redo")),
     st.tuples(st.just("reset")),
+    st.tuples(st.just("rejected")),  # a request the server refuses (a click outside the slice range)
+    st.tuples(st.just("evict")),  # the volume leaves the engine's cache: the SAM 2 states go
+    st.tuples(st.just("preset")),  # the client switches intensity preset
 )
+OTHER_PRESET = intensity.IntensityPreset("volume_minmax")
 
 
 def _apply(s, clicks, action):
@@ -358,6 +364,9 @@ def _apply(s, clicks, action):
         s.reset(s.label)
         clicks[s.label] = []
         return
+    elif name == "rejected":
+        s.update_prompts(points={HI + 3: [click(s, 0.5, 0.5)]})  # outside [LO, HI]: propagate refuses it
+        return
     points: dict[int, list] = {}
     for k, p in label_clicks:
         points.setdefault(k, []).append(p)
@@ -381,21 +390,44 @@ def _positive(prompts):
 @example(actions=[("reset",), ("redo",)])
 @example(actions=[("reset",), ("remove_last_click",)])
 @example(actions=[("reset",), ("click", 26, 0.4, 0.6, 1)])
+@example(actions=[("click", 27, 0.3, 0.6, 0), ("click", 23, 0.6, 0.4, 0)])  # background clicks alone on slices
+@example(actions=[("click", 27, 0.3, 0.6, 1), ("rejected",), ("undo",), ("redo",)])
+@example(actions=[("click", 27, 0.3, 0.6, 0), ("evict",), ("undo",)])
+@example(actions=[("click", 27, 0.3, 0.6, 1), ("preset",), ("remove_last_click",), ("preset",)])
 def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path, actions):
+    """Each action is a request: all of it or, when refused, nothing (prompts and history as before)."""
     s = new_session(engine, volume_path)
     s.label = "a"
+    preset = PRESET
     clicks: dict[str, list] = {}
     for action in [("click", 25, 0.5, 0.5, 1)] + actions:
-        _apply(s, clicks, action)
-        if _positive(s.prompts()):
-            s.propagate(LO, HI, auto_stop=0)  # what the client does after every action
+        if action[0] in ("evict", "preset"):  # between requests; the next request rebuilds from the prompts
+            if action[0] == "evict":
+                assert s.drop_state(volume_too=True)
+            else:
+                preset = OTHER_PRESET if preset is PRESET else PRESET
+            assert engine.open(volume_path, s.client_id, preset) is s
+            assert s.volume.preset.key == preset.key and not s.has_state
+            continue
+        before = (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels})
+        client_clicks = {n: list(c) for n, c in clicks.items()}
+        try:
+            with s.all_or_nothing():
+                _apply(s, clicks, action)
+                s.propagate(LO, HI, auto_stop=0)  # what the server does for every request
+        except PromptError:
+            REFUSED.append(action[0])
+            clicks = client_clicks
+            assert (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels}) == before
     for label in s.labels:
         prompts = s.prompts(label)
         if not _positive(prompts):
             continue
         expected = oracle(engine, s.volume, prompts, LO, HI)
         fast = s.propagate(LO, HI, auto_stop=0, label=label)
-        INCREMENTAL_DICES.append(float(np.mean([_dice(fast.mask[k], expected[k]) for k in range(LO, HI + 1)])))
+        slice_dices = [_dice(fast.mask[k], expected[k]) for k in range(LO, HI + 1)]
+        INCREMENTAL_DICES.append(float(np.mean(slice_dices)))
+        WORST_SLICE_DICES.append(float(np.min(slice_dices)))
         assert INCREMENTAL_DICES[-1] >= MIN_INCREMENTAL_DICE, (actions, fast.how)
         full = s.propagate(LO, HI, auto_stop=0, incremental=False, label=label)
         np.testing.assert_array_equal(full.mask, expected)
@@ -406,10 +438,13 @@ def teardown_module(module):
         out = os.path.join(REPO, "test-artifacts")
         os.makedirs(out, exist_ok=True)
         values = np.asarray(INCREMENTAL_DICES)
-        summary = {"n": len(values), "min": float(values.min()), "p5": float(np.percentile(values, 5)),
-                   "median": float(np.median(values)), "exact_fraction": float((values == 1.0).mean())}
+        summary = {"n": len(values), "mean": float(values.mean()), "min": float(values.min()),
+                   "p5": float(np.percentile(values, 5)), "median": float(np.median(values)),
+                   "exact_fraction": float((values == 1.0).mean()), "worst_slice": float(min(WORST_SLICE_DICES)),
+                   "refused_requests": len(REFUSED)}
         with open(os.path.join(out, "session-oracle-dice.json"), "w") as f:
-            json.dump({"summary": summary, "values": INCREMENTAL_DICES}, f, indent=1)
+            json.dump({"summary": summary, "values": INCREMENTAL_DICES, "worst_slices": WORST_SLICE_DICES,
+                       "refused": REFUSED}, f, indent=1)
         MEASURED["sessions: incremental path vs oracle, mean slice Dice per label"] = summary
 
 
@@ -504,7 +539,8 @@ def test_sessions_are_bounded_by_the_bytes_they_hold(engine, volume_path):
         t.update_prompts(points={24: [click(t, 0.4, 0.5)]})
         t.propagate(LO, HI)
         assert engine.trim(keep=t) >= 1
-        assert t in engine._sessions.values() and s not in engine._sessions.values()
+        assert t.has_state and not s.has_state  # s keeps its prompts: its next propagation rebuilds
         assert engine.stats()["session_bytes"] <= held + 1
+        assert sorted(s.prompts()) == [25] and s.propagate(LO, HI).how == "full"
     finally:
         engine.max_session_bytes = old

@@ -134,6 +134,9 @@ class PromptHistory:
         self._undo.append(dict(current))
         return self._redo.pop()
 
+    def snapshots(self) -> list[Prompts]:
+        return self._undo + self._redo
+
     def copy(self) -> "PromptHistory":
         other = PromptHistory(self.limit)
         other._undo, other._redo = list(self._undo), list(self._redo)

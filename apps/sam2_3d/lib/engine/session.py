@@ -18,6 +18,7 @@ session take turns and never see each other's half-applied prompts.
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -29,6 +30,7 @@ from .tracking import REJOIN_SLICES, LabelTrack, Propagation
 
 DEFAULT_LABEL = "label"
 MAX_2D_CACHE = 64
+RECORD_BYTES = 64 << 10  # what a session's prompts and history count for, beyond their mask prompts
 
 
 class Session:
@@ -46,6 +48,8 @@ class Session:
         self._prompts: dict[str, Prompts] = {}
         self._history: dict[str, PromptHistory] = {}
         self._cache_2d: dict[tuple, tuple[np.ndarray, float]] = {}
+        self.restarted: str | None = None  # why this client's previous session ended (its next answer says)
+        self.last_used = time.monotonic()
 
     @property
     def geometry(self):
@@ -58,7 +62,7 @@ class Session:
 
     def track(self, label: str | None = None) -> LabelTrack:
         label = label or self.label
-        if label not in self._tracks:
+        if label not in self._tracks or self._tracks[label].generation != self.engine.state_generation:
             self._tracks[label] = LabelTrack(self.engine, self.volume, self.features, label)
             self._prompts.setdefault(label, {})
             self._history.setdefault(label, PromptHistory())
@@ -71,6 +75,50 @@ class Session:
     def last(self) -> Propagation | None:
         track = self._tracks.get(self.label)
         return track.last if track else None
+
+    # -- SAM 2 states: a cache of the prompts -------------------------------------------------------
+    def attach(self, volume) -> None:
+        """Work on ``volume`` from now on (another preset, or the volume was read again after it left the
+        engine's cache): the SAM 2 states are rebuilt from the prompts by the next propagation."""
+        with self.lock:
+            self.volume = volume
+            self.features = VolumeFeatures(self.engine.predictor, volume.frames, volume.key,
+                                           self.engine.feature_cache, self.engine.feature_batch_size)
+            self._tracks.clear()
+            self._cache_2d.clear()
+
+    def drop_state(self, volume_too: bool = False) -> bool:
+        """Let go of the SAM 2 states (and the volume) to free memory; prompts and history stay, and the
+        next request rebuilds from them. False (nothing dropped) while a request holds the session."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            self._tracks.clear()
+            self._cache_2d.clear()
+            if volume_too:
+                self.volume = self.features = None
+            return True
+        finally:
+            self.lock.release()
+
+    @property
+    def has_state(self) -> bool:
+        return bool(self._tracks or self._cache_2d)
+
+    def take_restarted(self) -> str | None:
+        why, self.restarted = self.restarted, None
+        return why
+
+    def record_bytes(self) -> int:
+        """What the session's prompts and history hold (mask prompts shared between snapshots count once)."""
+        masks = {}
+        for label in self._prompts:
+            history = self._history.get(label)
+            for prompts in [self._prompts[label], *(history.snapshots() if history else [])]:
+                for p in prompts.values():
+                    if p.mask is not None:
+                        masks[id(p.mask)] = p.mask.nbytes
+        return RECORD_BYTES + sum(masks.values())
 
     # -- prompts -------------------------------------------------------------------------------
     @contextmanager

@@ -97,6 +97,7 @@ class LabelTrack:
             engine.predictor, volume.frames, features, geo.frame_height, geo.frame_width,
             offload_state_to_cpu=str(engine.device).startswith("cuda") and geo.num_frames > engine.offload_state_above,
         )
+        self.generation = engine.state_generation  # made with the engine's weights of then
         self.applied: Prompts = {}  # the prompts SAM 2's state reflects
         self.last: Propagation | None = None
         self.last_3d: tuple[int, int, int] | None = None  # (lo, hi, auto_stop) that made ``last``

@@ -126,6 +126,7 @@ class Sam2InferTask(InferTask):
             frames_encoded = session.features.frames_encoded - encoded_before
             answer = self._result_json(result, session, label, label_names, frames_encoded)
             answer["axis_hint"] = axis_hint
+            answer["session_restarted"] = session.take_restarted()  # why this client's last session ended
         self.engine.trim(keep=session)
         out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
         write_label(label_image_like(session.geometry.to_volume(result_mask), session.volume.image), out_file)
@@ -148,11 +149,12 @@ class Sam2InferTask(InferTask):
             session.redo()
         else:
             tools, box_range = self._tool_prompts(request, geo, session, anonymous)
-            if box_range is not None:  # a box with depth bounds propagation; a flat box only marks its slice
-                lo, hi = max(lo, box_range[0]), min(hi, box_range[1])
-                if lo > hi:
-                    raise PromptError(f"roi slices {list(box_range)} do not meet start_slice/end_slice")
+            if box_range is not None and max(lo, box_range[0]) > min(hi, box_range[1]):
+                raise PromptError(f"roi slices {list(box_range)} do not meet start_slice/end_slice")
             changed = session.update_prompts(**tools)
+            if box_range is not None:  # a box with depth bounds propagation, widened to the label's other
+                prompted = sorted(session.prompts())  # prompted slices; a flat box only marks its slice
+                lo, hi = max(lo, min(box_range[0], prompted[0])), min(hi, max(box_range[1], prompted[-1]))
             logger.info(f"{self.kind}: label {label!r}, changed slices {changed}")
         auto_stop = _int_param(request, "auto_stop", DEFAULT_AUTO_STOP, minimum=0)
         incremental = _truthy(request.get("incremental", True))  # false: always re-propagate fully
