@@ -263,3 +263,63 @@ def test_a_box_beside_an_earlier_click_bounds_the_propagation_with_it(server):
                 model="sam2_box").ok()  # Slicer sends every click of the label with the box
     assert boxed["prompted_slices"] == [22, 25] and boxed["slice_range"] == [22, 26]
     assert not boxed.mask[27:].any() and not boxed.mask[:22].any()
+
+
+# -- 9. finished labels are kept: locked labels, excluded voxels -------------------------------------------
+def test_a_locked_label_keeps_its_voxels(server):
+    base = client(start_slice=23, end_slice=26)
+    click = [[30, 27, 24]]
+    a = ask(server, dict(base, label="a", foreground=click, lock=True)).ok()
+    assert a.mask.any(), "nothing to protect: the test would say nothing"
+    free = ask(server, dict(client(start_slice=23, end_slice=26), label="b", foreground=click)).ok()
+    np.testing.assert_array_equal(free.mask, a.mask)  # unlocked, the same click gives b exactly a's voxels
+    b = ask(server, dict(base, label="b", foreground=click)).ok()
+    assert not (b.mask & a.mask).any()
+    both = ask(server, dict(base, label="b", foreground=click, labels="all")).ok()
+    assert both["label_names"] == {"a": 1, "b": 2} and (both.mask[a.mask > 0] == 1).all()
+    # Slicer sends the locked segments with each single-label request: none locked, then a again
+    unlocked = ask(server, dict(base, label="b", foreground=click, locked_labels=[])).ok()
+    np.testing.assert_array_equal(unlocked.mask, free.mask)
+    relocked = ask(server, dict(base, label="b", foreground=click, locked_labels=["a"])).ok()
+    assert not (relocked.mask & a.mask).any()
+    bad = ask(server, dict(base, label="b", foreground=click, lock="yes"))
+    assert bad.status == 400 and "lock" in bad.detail
+
+
+def test_excluded_labels_are_taken_out_of_the_answer(server):
+    base = client(start_slice=23, end_slice=26)
+    click = [[30, 27, 24]]
+    a = ask(server, dict(base, label="a", foreground=click)).ok()
+    assert a.mask.any()
+    b = ask(server, dict(base, label="b", foreground=click, exclude=["a"])).ok()
+    assert not b.mask.any()  # the same click as a's: all of b's voxels were a's
+    kept = ask(server, dict(base, label="b", foreground=click)).ok()  # exclude is per request
+    np.testing.assert_array_equal(kept.mask, a.mask)
+    bad = ask(server, dict(base, label="b", foreground=click, exclude=["nope"]))
+    assert bad.status == 400 and "nope" in bad.detail
+
+
+def test_exclude_final_takes_the_saved_final_label_out_of_the_answer(engine, tmp_path):
+    """Through the infer task on a real monailabel LocalDatastore holding the manual label as ``final``."""
+    import shutil
+
+    import SimpleITK as sitk
+    from conftest import shared
+    from lib.infers.sam2_infer import Sam2InferTask
+    from monailabel.datastore.local import LocalDatastore
+
+    shutil.copy(shared("spinalcord_t2", "image.nii.gz"), tmp_path / "cord.nii.gz")
+    store = LocalDatastore(str(tmp_path), extensions=["*.nii.gz"], auto_reload=False)
+    store.save_label("cord", shared("spinalcord_t2", "label.nii.gz"), "final", {})
+    task = Sam2InferTask(engine, "point", ["object"], datastore=lambda: store)
+    request = {"image": str(tmp_path / "cord.nii.gz"), "image_id": "cord", "client_id": "exclude-final",
+               "preset": "mr", "start_slice": 23, "end_slice": 26, "auto_stop": 0, "foreground": [[30, 27, 24]]}
+    answers = []
+    for extra in ({}, {"exclude": ["final"]}):
+        out_file, _ = task(dict(request, **extra))
+        answers.append(sitk.GetArrayFromImage(sitk.ReadImage(out_file)))
+        os.unlink(out_file)
+    plain, excluded = answers
+    final = sitk.GetArrayFromImage(sitk.ReadImage(shared("spinalcord_t2", "label.nii.gz"))) > 0
+    assert (plain.astype(bool) & final).any(), "nothing of the final label to take out: the test would say nothing"
+    np.testing.assert_array_equal(excluded, np.where(final, 0, plain))

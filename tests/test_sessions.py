@@ -328,6 +328,7 @@ ACTIONS = st.one_of(
     st.tuples(st.just("rejected")),  # a request the server refuses (a click outside the slice range)
     st.tuples(st.just("evict")),  # the volume leaves the engine's cache: the SAM 2 states go
     st.tuples(st.just("preset")),  # the client switches intensity preset
+    st.tuples(st.just("lock")),  # lock (or unlock) the current label: its voxels are its own in labels "all"
 )
 OTHER_PRESET = intensity.IntensityPreset("volume_minmax")
 
@@ -364,6 +365,9 @@ def _apply(s, clicks, action):
         s.reset(s.label)
         clicks[s.label] = []
         return
+    elif name == "lock":
+        s.locked = s.locked ^ {s.label}
+        return
     elif name == "rejected":
         s.update_prompts(points={HI + 3: [click(s, 0.5, 0.5)]})  # outside [LO, HI]: propagate refuses it
         return
@@ -378,10 +382,11 @@ def _positive(prompts):
     return any(p.positive for p in prompts.values())
 
 
-# CI runs a fixed set of sequences (derandomize: the same 20 on every run, so a pass or a failure is
-# repeatable); SAM2_3D_SESSION_RANDOM=1 explores new ones, e.g. 300 examples: passed, min Dice 0.998
-# (SAM2_3D_SESSION_RANDOM=1 SAM2_3D_SESSION_EXAMPLES=300 pytest tests/test_sessions.py -k any_action).
-@settings(max_examples=int(os.environ.get("SAM2_3D_SESSION_EXAMPLES", "20")), deadline=None,
+# CI runs a fixed set of sequences (derandomize: the same 10 on every run, plus the examples below, so a
+# pass or a failure is repeatable; refused requests, evictions and preset changes make each one dearer);
+# SAM2_3D_SESSION_RANDOM=1 explores new ones, e.g. 300 examples before issue 20's actions: passed, min Dice
+# 0.998 (SAM2_3D_SESSION_RANDOM=1 SAM2_3D_SESSION_EXAMPLES=300 pytest tests/test_sessions.py -k any_action).
+@settings(max_examples=int(os.environ.get("SAM2_3D_SESSION_EXAMPLES", "10")), deadline=None,
           derandomize=os.environ.get("SAM2_3D_SESSION_RANDOM") != "1",
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(actions=st.lists(ACTIONS, min_size=2, max_size=5))
@@ -394,6 +399,7 @@ def _positive(prompts):
 @example(actions=[("click", 27, 0.3, 0.6, 1), ("rejected",), ("undo",), ("redo",)])
 @example(actions=[("click", 27, 0.3, 0.6, 0), ("evict",), ("undo",)])
 @example(actions=[("click", 27, 0.3, 0.6, 1), ("preset",), ("remove_last_click",), ("preset",)])
+@example(actions=[("lock",), ("switch_label",), ("click", 25, 0.5, 0.5, 1), ("rejected",)])
 def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path, actions):
     """Each action is a request: all of it or, when refused, nothing (prompts and history as before)."""
     s = new_session(engine, volume_path)
@@ -409,7 +415,8 @@ def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path
             assert engine.open(volume_path, s.client_id, preset) is s
             assert s.volume.preset.key == preset.key and not s.has_state
             continue
-        before = (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels})
+        before = (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels},
+                  set(s.locked))
         client_clicks = {n: list(c) for n, c in clicks.items()}
         try:
             with s.all_or_nothing():
@@ -418,7 +425,8 @@ def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path
         except PromptError:
             REFUSED.append(action[0])
             clicks = client_clicks
-            assert (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels}) == before
+            assert (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels},
+                    set(s.locked)) == before
     for label in s.labels:
         prompts = s.prompts(label)
         if not _positive(prompts):
@@ -431,6 +439,12 @@ def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path
         assert INCREMENTAL_DICES[-1] >= MIN_INCREMENTAL_DICE, (actions, fast.how)
         full = s.propagate(LO, HI, auto_stop=0, incremental=False, label=label)
         np.testing.assert_array_equal(full.mask, expected)
+    if any(s.result(n) is not None for n in s.labels):  # locked labels keep their voxels in the combined map
+        combined, values = s.combined()
+        for n in s.locked & set(values):
+            others = [s.result(m).mask > 0 for m in s.locked & set(values) - {n}]
+            mine = (s.result(n).mask > 0) & ~np.logical_or.reduce(others or [np.zeros_like(combined, bool)])
+            assert (combined[mine] == values[n]).all(), (actions, n)
 
 
 def teardown_module(module):

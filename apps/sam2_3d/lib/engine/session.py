@@ -48,6 +48,7 @@ class Session:
         self._prompts: dict[str, Prompts] = {}
         self._history: dict[str, PromptHistory] = {}
         self._cache_2d: dict[tuple, tuple[np.ndarray, float]] = {}
+        self.locked: set[str] = set()  # labels whose voxels no other label's answer takes
         self.restarted: str | None = None  # why this client's previous session ended (its next answer says)
         self.last_used = time.monotonic()
 
@@ -127,11 +128,11 @@ class Session:
         a refused request leaves the session exactly as it found it, its last answers included."""
         with self.lock:
             saved = (self.label, dict(self._prompts), {n: h.copy() for n, h in self._history.items()},
-                     dict(self._tracks))
+                     dict(self._tracks), set(self.locked))
             try:
                 yield
             except BaseException:
-                self.label, self._prompts, self._history, self._tracks = saved
+                self.label, self._prompts, self._history, self._tracks, self.locked = saved
                 raise
 
     def reset(self, label: str | None = None) -> None:
@@ -139,6 +140,7 @@ class Session:
         states are dropped, not cleared in place, so that :meth:`all_or_nothing` can put them back."""
         with self.lock:
             if label is None:
+                self.locked = set()
                 self._tracks.clear()
                 self._prompts.clear()
                 self._history.clear()
@@ -218,9 +220,22 @@ class Session:
             mask, score = hit
             return mask.copy(), score
 
+    def result(self, label: str | None = None) -> Propagation | None:
+        """The label's last 3D answer (None before one, or after its SAM 2 state was dropped)."""
+        track = self._tracks.get(label or self.label)
+        return track.last if track else None
+
+    def protected(self, label: str | None = None) -> np.ndarray | None:
+        """The voxels of the locked labels other than ``label`` (their last answers), which no other
+        label's answer may take; None when there are none."""
+        label = label or self.label
+        masks = [r.mask > 0 for n in sorted(self.locked) if n != label and (r := self.result(n)) is not None]
+        return np.logical_or.reduce(masks) if masks else None
+
     def combined(self, labels: list[str] | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """The last 3D results of several labels in one map (values 1, 2, ... in ``self.labels`` order).
-        Where masks overlap, the voxel goes to the label whose SAM 2 mask logit is higher there."""
+        Where masks overlap, the voxel goes to a locked label, else to the label whose SAM 2 mask logit
+        is higher there."""
         with self.lock:
             names = [n for n in (labels or self.labels) if n in self._tracks and self._tracks[n].last is not None]
             if not names:
@@ -237,6 +252,8 @@ class Session:
                     m = self._tracks[n].last.mask[k] > 0
                     logits = self._tracks[n].logits(k)
                     score = np.where(m, logits if logits is not None else 0.0, -np.inf)
+                    if n in self.locked:  # a locked label keeps its voxels (logits are far below 1e6)
+                        score = score + 1e6
                     win = score > best
                     out[k][win] = values[n]
                     best = np.maximum(best, score)
