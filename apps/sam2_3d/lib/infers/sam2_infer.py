@@ -35,6 +35,7 @@ from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
 from ..engine.compiled import compile_status
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
+from .label_locks import locks_and_exclusions
 from .request_checks import check_infer_request
 from ..engine.weights import ensure_weights, weights_in_use
 
@@ -159,7 +160,7 @@ class Sam2InferTask(InferTask):
         auto_stop = _int_param(request, "auto_stop", DEFAULT_AUTO_STOP, minimum=0)
         incremental = _truthy(request.get("incremental", True))  # false: always re-propagate fully
         result = session.propagate(lo, hi, auto_stop=auto_stop, incremental=incremental)
-        excluded = self._locks_and_exclusions(request, session, label)
+        excluded = locks_and_exclusions(request, session, label, lambda: self._datastore_label(request, "final"))
         if str(request.get("labels", "")).lower() == "all":
             for other in session.labels:  # a label whose SAM 2 state was dropped (memory bounds): rebuilt
                 if other != label and session.prompts(other) and session.result(other) is None:
@@ -173,36 +174,6 @@ class Sam2InferTask(InferTask):
             if region is not None:
                 mask = np.where(region, 0, mask).astype(np.uint8)
         return mask, {label: 1}, result, label
-
-    def _locks_and_exclusions(self, request, session, label: str) -> np.ndarray | None:
-        """``lock`` (the current label), ``locked_labels`` (the session's locked labels, all of them) and
-        ``exclude`` (labels, or ``final`` for the image's saved final label, whose voxels are taken out of
-        the current label's answer); returns the excluded voxels (frames), or None."""
-        lock, locked, exclude = request.get("lock"), request.get("locked_labels"), request.get("exclude")
-        if locked not in (None, ""):
-            if not isinstance(locked, list) or not all(isinstance(n, str) for n in locked):
-                raise PromptError(f"locked_labels must be a list of label names, got {locked!r}")
-            session.locked = set(locked)
-        if lock not in (None, ""):
-            if not isinstance(lock, bool):
-                raise PromptError(f"lock must be true or false, got {lock!r}")
-            session.locked = session.locked | {label} if lock else session.locked - {label}
-        if exclude in (None, "", []):
-            return None
-        if not isinstance(exclude, list) or not all(isinstance(n, str) for n in exclude):
-            raise PromptError(f"exclude must be a list of label names (or \"final\"), got {exclude!r}")
-        regions = []
-        for name in exclude:
-            if name == "final":
-                final = read_label_on(self._datastore_label(request, "final"), session.volume.image)
-                regions.append(session.geometry.to_frames(final) > 0)
-            elif name != label:
-                other = session.result(name)
-                if other is None:
-                    raise PromptError(f"exclude names {name!r}, which has no answer in this session; its "
-                                      f"labels are {session.labels}")
-                regions.append(other.mask > 0)
-        return np.logical_or.reduce(regions) if regions else None
 
     def _answer_2d(self, request, session, label: str):
         """One slice from its own clicks; undo/redo step back to the label's previous slice and clicks."""
