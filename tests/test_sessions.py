@@ -31,6 +31,8 @@ from lib.engine.prompts import SlicePrompt
 LO, HI = 22, 29  # 8 slices of spinalcord_t2: small enough for many examples on a 2-core CPU
 MIN_INCREMENTAL_DICE = 0.99
 INCREMENTAL_DICES: list[float] = []  # the measured distribution, written to test-artifacts/
+WORST_SLICE_DICES: list[float] = []  # per label, its worst slice
+REFUSED: list[str] = []  # actions the sequences saw refused (all-or-nothing checked on each)
 
 
 def _dice(a, b):
@@ -323,7 +325,12 @@ ACTIONS = st.one_of(
     st.tuples(st.just("undo")),
     st.tuples(st.just("redo")),
     st.tuples(st.just("reset")),
+    st.tuples(st.just("rejected")),  # a request the server refuses (a click outside the slice range)
+    st.tuples(st.just("evict")),  # the volume leaves the engine's cache: the SAM 2 states go
+    st.tuples(st.just("preset")),  # the client switches intensity preset
+    st.tuples(st.just("lock")),  # lock (or unlock) the current label: its voxels are its own in labels "all"
 )
+OTHER_PRESET = intensity.IntensityPreset("volume_minmax")
 
 
 def _apply(s, clicks, action):
@@ -358,6 +365,12 @@ def _apply(s, clicks, action):
         s.reset(s.label)
         clicks[s.label] = []
         return
+    elif name == "lock":
+        s.locked = s.locked ^ {s.label}
+        return
+    elif name == "rejected":
+        s.update_prompts(points={HI + 3: [click(s, 0.5, 0.5)]})  # outside [LO, HI]: propagate refuses it
+        return
     points: dict[int, list] = {}
     for k, p in label_clicks:
         points.setdefault(k, []).append(p)
@@ -365,13 +378,15 @@ def _apply(s, clicks, action):
 
 
 def _positive(prompts):
-    return prompts and all(p.mask is not None or p.box is not None or any(p.labels) for p in prompts.values())
+    """Something positive somewhere: slices with only background clicks are corrections (SAM 2 takes them)."""
+    return any(p.positive for p in prompts.values())
 
 
-# CI runs a fixed set of sequences (derandomize: the same 20 on every run, so a pass or a failure is
-# repeatable); SAM2_3D_SESSION_RANDOM=1 explores new ones, e.g. 300 examples: passed, min Dice 0.998
-# (SAM2_3D_SESSION_RANDOM=1 SAM2_3D_SESSION_EXAMPLES=300 pytest tests/test_sessions.py -k any_action).
-@settings(max_examples=int(os.environ.get("SAM2_3D_SESSION_EXAMPLES", "20")), deadline=None,
+# CI runs a fixed set of sequences (derandomize: the same 10 on every run, plus the examples below, so a
+# pass or a failure is repeatable; refused requests, evictions and preset changes make each one dearer);
+# SAM2_3D_SESSION_RANDOM=1 explores new ones, e.g. 300 examples before issue 20's actions: passed, min Dice
+# 0.998 (SAM2_3D_SESSION_RANDOM=1 SAM2_3D_SESSION_EXAMPLES=300 pytest tests/test_sessions.py -k any_action).
+@settings(max_examples=int(os.environ.get("SAM2_3D_SESSION_EXAMPLES", "10")), deadline=None,
           derandomize=os.environ.get("SAM2_3D_SESSION_RANDOM") != "1",
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(actions=st.lists(ACTIONS, min_size=2, max_size=5))
@@ -380,24 +395,56 @@ def _positive(prompts):
 @example(actions=[("reset",), ("redo",)])
 @example(actions=[("reset",), ("remove_last_click",)])
 @example(actions=[("reset",), ("click", 26, 0.4, 0.6, 1)])
+@example(actions=[("click", 27, 0.3, 0.6, 0), ("click", 23, 0.6, 0.4, 0)])  # background clicks alone on slices
+@example(actions=[("click", 27, 0.3, 0.6, 1), ("rejected",), ("undo",), ("redo",)])
+@example(actions=[("click", 27, 0.3, 0.6, 0), ("evict",), ("undo",)])
+@example(actions=[("click", 27, 0.3, 0.6, 1), ("preset",), ("remove_last_click",), ("preset",)])
+@example(actions=[("lock",), ("switch_label",), ("click", 25, 0.5, 0.5, 1), ("rejected",)])
 def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path, actions):
+    """Each action is a request: all of it or, when refused, nothing (prompts and history as before)."""
     s = new_session(engine, volume_path)
     s.label = "a"
+    preset = PRESET
     clicks: dict[str, list] = {}
     for action in [("click", 25, 0.5, 0.5, 1)] + actions:
-        _apply(s, clicks, action)
-        if _positive(s.prompts()):
-            s.propagate(LO, HI, auto_stop=0)  # what the client does after every action
+        if action[0] in ("evict", "preset"):  # between requests; the next request rebuilds from the prompts
+            if action[0] == "evict":
+                assert s.drop_state(volume_too=True)
+            else:
+                preset = OTHER_PRESET if preset is PRESET else PRESET
+            assert engine.open(volume_path, s.client_id, preset) is s
+            assert s.volume.preset.key == preset.key and not s.has_state
+            continue
+        before = (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels},
+                  set(s.locked))
+        client_clicks = {n: list(c) for n, c in clicks.items()}
+        try:
+            with s.all_or_nothing():
+                _apply(s, clicks, action)
+                s.propagate(LO, HI, auto_stop=0)  # what the server does for every request
+        except PromptError:
+            REFUSED.append(action[0])
+            clicks = client_clicks
+            assert (s.label, {n: s.prompts(n) for n in s.labels}, {n: s.history_depth(n) for n in s.labels},
+                    set(s.locked)) == before
     for label in s.labels:
         prompts = s.prompts(label)
         if not _positive(prompts):
             continue
         expected = oracle(engine, s.volume, prompts, LO, HI)
         fast = s.propagate(LO, HI, auto_stop=0, label=label)
-        INCREMENTAL_DICES.append(float(np.mean([_dice(fast.mask[k], expected[k]) for k in range(LO, HI + 1)])))
+        slice_dices = [_dice(fast.mask[k], expected[k]) for k in range(LO, HI + 1)]
+        INCREMENTAL_DICES.append(float(np.mean(slice_dices)))
+        WORST_SLICE_DICES.append(float(np.min(slice_dices)))
         assert INCREMENTAL_DICES[-1] >= MIN_INCREMENTAL_DICE, (actions, fast.how)
         full = s.propagate(LO, HI, auto_stop=0, incremental=False, label=label)
         np.testing.assert_array_equal(full.mask, expected)
+    if any(s.result(n) is not None for n in s.labels):  # locked labels keep their voxels in the combined map
+        combined, values = s.combined()
+        for n in s.locked & set(values):
+            others = [s.result(m).mask > 0 for m in s.locked & set(values) - {n}]
+            mine = (s.result(n).mask > 0) & ~np.logical_or.reduce(others or [np.zeros_like(combined, bool)])
+            assert (combined[mine] == values[n]).all(), (actions, n)
 
 
 def teardown_module(module):
@@ -405,10 +452,13 @@ def teardown_module(module):
         out = os.path.join(REPO, "test-artifacts")
         os.makedirs(out, exist_ok=True)
         values = np.asarray(INCREMENTAL_DICES)
-        summary = {"n": len(values), "min": float(values.min()), "p5": float(np.percentile(values, 5)),
-                   "median": float(np.median(values)), "exact_fraction": float((values == 1.0).mean())}
+        summary = {"n": len(values), "mean": float(values.mean()), "min": float(values.min()),
+                   "p5": float(np.percentile(values, 5)), "median": float(np.median(values)),
+                   "exact_fraction": float((values == 1.0).mean()), "worst_slice": float(min(WORST_SLICE_DICES)),
+                   "refused_requests": len(REFUSED)}
         with open(os.path.join(out, "session-oracle-dice.json"), "w") as f:
-            json.dump({"summary": summary, "values": INCREMENTAL_DICES}, f, indent=1)
+            json.dump({"summary": summary, "values": INCREMENTAL_DICES, "worst_slices": WORST_SLICE_DICES,
+                       "refused": REFUSED}, f, indent=1)
         MEASURED["sessions: incremental path vs oracle, mean slice Dice per label"] = summary
 
 
@@ -453,12 +503,12 @@ def test_clients_without_client_id_never_see_each_others_prompts(point_task, vol
         assert answered == sent
 
 
-def test_clicks_in_one_sagittal_plane_without_axis_get_a_400_naming_the_axis(point_task, volume_path):
-    from fastapi import HTTPException
-
-    with pytest.raises(HTTPException) as e:
-        point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27], [30, 22, 26]], client_id="axis-hint"))
-    assert e.value.status_code == 400 and '"axis": "i"' in e.value.detail
+def test_clicks_in_one_sagittal_plane_without_axis_are_answered_along_k_with_a_hint(point_task, volume_path):
+    out_file, result = point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27], [30, 22, 26]],
+                                           client_id="axis-hint"))
+    os.unlink(out_file)
+    assert result["axis"] == "k" and result["prompted_slices"] == [24, 26, 27]
+    assert '"axis": "i"' in result["axis_hint"]
     out_file, result = point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27], [30, 22, 26]], axis="i",
                                            client_id="axis-hint", start_slice=-1, end_slice=-1))
     os.unlink(out_file)
@@ -466,7 +516,7 @@ def test_clicks_in_one_sagittal_plane_without_axis_get_a_400_naming_the_axis(poi
     # two axial clicks on one row are no hint: the coincidence is too common
     out_file, result = point_task(_request(volume_path, foreground=[[30, 20, 24], [30, 25, 27]], client_id="axis-2"))
     os.unlink(out_file)
-    assert result["axis"] == "k"
+    assert result["axis"] == "k" and result["axis_hint"] is None
 
 
 def test_labels_all_and_undo_through_the_task(point_task, volume_path):
@@ -503,7 +553,8 @@ def test_sessions_are_bounded_by_the_bytes_they_hold(engine, volume_path):
         t.update_prompts(points={24: [click(t, 0.4, 0.5)]})
         t.propagate(LO, HI)
         assert engine.trim(keep=t) >= 1
-        assert t in engine._sessions.values() and s not in engine._sessions.values()
+        assert t.has_state and not s.has_state  # s keeps its prompts: its next propagation rebuilds
         assert engine.stats()["session_bytes"] <= held + 1
+        assert sorted(s.prompts()) == [25] and s.propagate(LO, HI).how == "full"
     finally:
         engine.max_session_bytes = old

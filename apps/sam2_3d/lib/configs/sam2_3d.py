@@ -12,6 +12,7 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
 * ``labels``: comma-separated label names shown in the clients (default ``object``);
 * ``max_sessions``, ``max_session_gb`` (4; what SAM 2's per-slice state of all sessions may hold),
   ``max_volumes``, ``feature_cache_gb``, ``feature_batch_size``: memory bounds;
+* ``session_ttl_hours`` (24): a session (prompts, undo history) unused that long ends;
 * ``compile`` (``false``): on CUDA, ``torch.compile`` SAM 2's per-slice tracking modules at start-up
   (``compile_mode``, default ``reduce-overhead``: CUDA graphs), compiled code cached on disk in
   ``compile_cache`` (default ``~/.cache/sam2-3d/torch-compile``) for the next start; ignored on a CPU;

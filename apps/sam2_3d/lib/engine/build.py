@@ -59,6 +59,7 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         max_sessions=int(conf.get("max_sessions", 8)),
         max_session_bytes=int(float(conf.get("max_session_gb", 4.0)) * (1 << 30)),
         max_volumes=int(conf.get("max_volumes", 4)),
+        session_ttl_s=float(conf.get("session_ttl_hours", 24)) * 3600,
         feature_cache_bytes=int(float(conf.get("feature_cache_gb", 2.0)) * (1 << 30)),
         feature_batch_size=int(conf.get("feature_batch_size", 8 if device.startswith("cuda") else 1)),
         random_weights=random_weights,

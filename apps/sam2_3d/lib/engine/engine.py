@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -29,6 +30,12 @@ from .session import Session
 from .tracking import Propagation  # noqa: F401
 
 logger = logging.getLogger(__name__)
+MAX_ENDED_REMEMBERED = 4096  # ended sessions whose client has not come back yet to be told
+
+
+def _who(key) -> str:
+    """A session key (image key, axis, client, mode) for the log."""
+    return f"session of client {key[2] or '(none)'} on {os.path.basename(str(key[0][0]))} ({key[3]}, axis {key[1]})"
 
 
 class Volume:
@@ -70,13 +77,19 @@ class Sam2VolumeEngine:
         random_weights: bool = False,
         checkpoint_name: str = "",
         offload_state_above: int = 256,
+        session_ttl_s: float = 24 * 3600,
     ):
         self.predictor = predictor
         self.device = device
         self.dtype = dtype
         self.max_sessions = max_sessions
-        self.max_session_bytes = int(max_session_bytes)
-        self.sessions_evicted = 0
+        self.max_session_bytes = int(max_session_bytes)  # SAM 2 states
+        self.max_record_bytes = int(max_session_bytes)  # the sessions' prompts and histories
+        self.sessions_evicted = 0  # SAM 2 states dropped to stay within the bounds (their sessions go on)
+        self.sessions_ended = 0
+        self.state_generation = 0  # SAM 2 states of an older generation are rebuilt (see drop_states)
+        self.session_ttl_s = float(session_ttl_s)
+        self._ended: OrderedDict = OrderedDict()  # session key -> why it ended, said once by its next answer
         self.max_volumes = max_volumes
         self.feature_cache = FeatureCache(feature_cache_bytes)
         self.feature_batch_size = feature_batch_size
@@ -136,69 +149,121 @@ class Sam2VolumeEngine:
         return self._session(self.volume_of_array(name, array_kji, preset, axis), client_id, mode)
 
     def _session(self, vol: Volume, client_id: str, mode: str) -> Session:
+        """The client's session on the image along the volume's axis, whatever the preset: prompts are in
+        frame pixels, so another preset (or the volume read again after it left the cache) only means
+        rebuilding the SAM 2 states from the prompts."""
         with self.lock:
-            key = (vol.key, client_id or "", mode)
+            self._expire()
+            key = (vol.key[:-2], vol.geometry.axis, client_id or "", mode)
             session = self._sessions.get(key)
             if session is None:
                 session = Session(self, vol, client_id, mode)
+                session.restarted = self._ended.pop(key, None)
                 self._sessions[key] = session
-                self._evict(keep=key)
+            session.last_used = time.monotonic()
             self._sessions.move_to_end(key)
-            return session
+            self._evict(keep=key)
+        if session.volume is not vol:
+            # under the session's own lock (a request of the same client may hold it), not the engine's
+            with session.lock:
+                if session.volume is not vol:
+                    why = ("its volume had left the cache (max_volumes)" if session.volume is None else
+                           f"the preset changed from {session.volume.preset.key} to {vol.preset.key}"
+                           if session.volume.preset.key != vol.preset.key else "its volume was read again")
+                    session.attach(vol)
+                    logger.info(f"{_who(key)}: SAM 2 state rebuilt from its prompts ({why})")
+        return session
 
     def trim(self, keep: Session | None = None) -> int:
-        """Evict least recently used sessions while they hold more than ``max_session_bytes``."""
+        """Drop least recently used SAM 2 states while they hold more than ``max_session_bytes``."""
         with self.lock:
             keep_key = next((k for k, s in self._sessions.items() if s is keep), None)
             return self._evict(keep=keep_key)
 
     def _evict(self, keep=None) -> int:
+        """Two bounds. SAM 2 states (count ``max_sessions``, bytes ``max_session_bytes``): the least
+        recently used are dropped, their sessions go on and rebuild from their prompts. Sessions
+        themselves (prompts and history, mask prompts included): ended, least recently used first, only
+        when they alone exceed ``max_record_bytes`` (the same ``max_session_gb``)."""
         evicted = 0
-        sizes = {k: s.nbytes() for k, s in self._sessions.items()}
-        while len(self._sessions) > 1 and (
-            len(self._sessions) > self.max_sessions or sum(sizes.values()) > self.max_session_bytes
-        ):
-            key = next(k for k in self._sessions if k != keep)
-            self._sessions.pop(key)
-            logger.warning(
-                f"session of client {key[1] or '(none)'} on {os.path.basename(key[0][0])} closed to stay within "
-                f"max_sessions={self.max_sessions} / max_session_bytes={self.max_session_bytes} "
-                f"(it held {sizes.pop(key) / 2**20:.1f} MiB); its next request starts from its own prompts again"
-            )
-            evicted += 1
+        sizes = {k: s.nbytes() for k, s in self._sessions.items() if s.has_state}
+        for key in list(sizes):
+            if len(sizes) <= 1 or (len(sizes) <= self.max_sessions and sum(sizes.values()) <= self.max_session_bytes):
+                break
+            if key != keep and self._sessions[key].drop_state():
+                logger.warning(
+                    f"{_who(key)}: SAM 2 state dropped to stay within max_sessions={self.max_sessions} / "
+                    f"max_session_bytes={self.max_session_bytes} (it held {sizes.pop(key) / 2**20:.1f} MiB); "
+                    f"the session keeps its prompts and history, its next request rebuilds from them"
+                )
+                evicted += 1
         self.sessions_evicted += evicted
+        records = {k: s.record_bytes() for k, s in self._sessions.items()}
+        for key in list(records):
+            if len(records) <= 1 or sum(records.values()) <= self.max_record_bytes:
+                break
+            if key != keep:
+                records.pop(key)
+                self._end(key, f"closed to stay within max_session_gb ({self.max_record_bytes} bytes of prompts)")
         return evicted
 
-    def close(self, image_path: str | None = None, client_id: str | None = None) -> int:
-        """Drop sessions of an image and/or client; returns how many were dropped."""
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, s in self._sessions.items() if now - s.last_used > self.session_ttl_s]:
+            self._end(key, f"expired after {self.session_ttl_s / 3600:g} h without a request")
+
+    def _end(self, key, why: str) -> None:
+        self._sessions.pop(key)
+        self._ended[key] = why
+        while len(self._ended) > MAX_ENDED_REMEMBERED:
+            self._ended.popitem(last=False)
+        self.sessions_ended += 1
+        logger.warning(f"{_who(key)} ended: {why}; its next request starts a new session (session_restarted)")
+
+    def close(self, image_path: str | None = None, client_id: str | None = None,
+              why: str = "closed by the server") -> int:
+        """End sessions of an image and/or client; returns how many were ended."""
         with self.lock:
             real = os.path.realpath(image_path) if image_path else None
             doomed = [
                 k for k in self._sessions
-                if (real is None or k[0][0] == real) and (client_id is None or k[1] == client_id)
+                if (real is None or k[0][0] == real) and (client_id is None or k[2] == client_id)
             ]
             for k in doomed:
-                del self._sessions[k]
+                self._end(k, why)
             return len(doomed)
+
+    def drop_states(self) -> int:
+        """Drop every session's SAM 2 state (e.g. the weights changed); sessions rebuild from their prompts."""
+        with self.lock:
+            self.state_generation += 1  # a state made before (a busy session's) is rebuilt when next used
+            return sum(s.drop_state() for s in self._sessions.values() if s.has_state)
 
     def clear(self) -> None:
         """Forget every volume, session and image feature: the next request starts as on a fresh server."""
         with self.lock:
             self._sessions.clear()
+            self._ended.clear()
             self._volumes.clear()
             self.feature_cache.clear()
 
     def _forget_volume(self, vol: Volume) -> None:
+        """A volume left the cache: its features go, and its sessions let go of it and of their SAM 2
+        states (a session busy with a request keeps them until its next request)."""
         self.feature_cache.drop_volume(vol.key)
-        for k in [k for k, s in self._sessions.items() if s.volume is vol]:
-            del self._sessions[k]
+        for k, s in self._sessions.items():
+            if s.volume is vol and s.drop_state(volume_too=True):
+                logger.info(f"{_who(k)}: volume left the cache (max_volumes={self.max_volumes}); its next "
+                            f"request reads it again and rebuilds the SAM 2 state from the session's prompts")
 
     def stats(self) -> dict:
         return {
             "volumes": len(self._volumes),
-            "sessions": len(self._sessions),
+            "sessions": sum(s.has_state for s in self._sessions.values()),  # holding a SAM 2 state
+            "session_records": len(self._sessions),
             "session_bytes": sum(s.nbytes() for s in self._sessions.values()),
             "sessions_evicted": self.sessions_evicted,
+            "sessions_ended": self.sessions_ended,
             "cached_feature_frames": len(self.feature_cache),
             "cached_feature_bytes": self.feature_cache.nbytes,
             "feature_cache_hits": self.feature_cache.hits,

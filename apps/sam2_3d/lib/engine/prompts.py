@@ -57,10 +57,28 @@ class SlicePrompt:
         mask = np.ascontiguousarray(mask, dtype=bool)
         return replace(self, mask=mask, mask_digest=_digest(mask))
 
-    def check(self, k: int) -> None:
-        """A slice prompt SAM 2 can segment from: something positive."""
-        if self.mask is None and self.box is None and not any(self.labels):
-            raise PromptError(f"slice {k} has only background points; add a foreground point or a box")
+    def adds_to(self, old: "SlicePrompt") -> bool:
+        """Everything of ``old`` is still here (clicks in any order, the same box and mask): the change
+        only adds. A removed or moved click, box or mask is not an addition."""
+        clicks = list(zip(self.points, self.labels))
+        for click in zip(old.points, old.labels):
+            if click not in clicks:
+                return False
+            clicks.remove(click)
+        return (old.box is None or self.box == old.box) and (old.mask is None or self.mask_digest == old.mask_digest)
+
+    @property
+    def positive(self) -> bool:
+        """Something that says where the object is (a foreground click, a box or a mask)."""
+        return self.mask is not None or self.box is not None or any(self.labels)
+
+
+def check_label(prompts: "Prompts") -> None:
+    """A label SAM 2 can segment from: something positive on at least one slice. A slice with only
+    background clicks is a correction ("not here"), as SAM 2's ``add_new_points_or_box`` takes it."""
+    if prompts and not any(p.positive for p in prompts.values()):
+        raise PromptError(f"the label has only background points (slices {sorted(prompts)}); add a foreground "
+                          f"point, a box or a mask")
 
 
 def _digest(mask: np.ndarray) -> bytes:
@@ -115,6 +133,14 @@ class PromptHistory:
             raise PromptError("nothing to redo for this label")
         self._undo.append(dict(current))
         return self._redo.pop()
+
+    def snapshots(self) -> list[Prompts]:
+        return self._undo + self._redo
+
+    def copy(self) -> "PromptHistory":
+        other = PromptHistory(self.limit)
+        other._undo, other._redo = list(self._undo), list(self._redo)
+        return other
 
     def clear(self) -> None:
         self._undo.clear()

@@ -18,6 +18,8 @@ session take turns and never see each other's half-applied prompts.
 from __future__ import annotations
 
 import threading
+import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from .tracking import REJOIN_SLICES, LabelTrack, Propagation
 
 DEFAULT_LABEL = "label"
 MAX_2D_CACHE = 64
+RECORD_BYTES = 64 << 10  # what a session's prompts and history count for, beyond their mask prompts
 
 
 class Session:
@@ -45,6 +48,9 @@ class Session:
         self._prompts: dict[str, Prompts] = {}
         self._history: dict[str, PromptHistory] = {}
         self._cache_2d: dict[tuple, tuple[np.ndarray, float]] = {}
+        self.locked: set[str] = set()  # labels whose voxels no other label's answer takes
+        self.restarted: str | None = None  # why this client's previous session ended (its next answer says)
+        self.last_used = time.monotonic()
 
     @property
     def geometry(self):
@@ -57,7 +63,7 @@ class Session:
 
     def track(self, label: str | None = None) -> LabelTrack:
         label = label or self.label
-        if label not in self._tracks:
+        if label not in self._tracks or self._tracks[label].generation != self.engine.state_generation:
             self._tracks[label] = LabelTrack(self.engine, self.volume, self.features, label)
             self._prompts.setdefault(label, {})
             self._history.setdefault(label, PromptHistory())
@@ -71,20 +77,77 @@ class Session:
         track = self._tracks.get(self.label)
         return track.last if track else None
 
+    # -- SAM 2 states: a cache of the prompts -------------------------------------------------------
+    def attach(self, volume) -> None:
+        """Work on ``volume`` from now on (another preset, or the volume was read again after it left the
+        engine's cache): the SAM 2 states are rebuilt from the prompts by the next propagation."""
+        with self.lock:
+            self.volume = volume
+            self.features = VolumeFeatures(self.engine.predictor, volume.frames, volume.key,
+                                           self.engine.feature_cache, self.engine.feature_batch_size)
+            self._tracks.clear()
+            self._cache_2d.clear()
+
+    def drop_state(self, volume_too: bool = False) -> bool:
+        """Let go of the SAM 2 states (and the volume) to free memory; prompts and history stay, and the
+        next request rebuilds from them. False (nothing dropped) while a request holds the session."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            self._tracks.clear()
+            self._cache_2d.clear()
+            if volume_too:
+                self.volume = self.features = None
+            return True
+        finally:
+            self.lock.release()
+
+    @property
+    def has_state(self) -> bool:
+        return bool(self._tracks or self._cache_2d)
+
+    def take_restarted(self) -> str | None:
+        why, self.restarted = self.restarted, None
+        return why
+
+    def record_bytes(self) -> int:
+        """What the session's prompts and history hold (mask prompts shared between snapshots count once)."""
+        masks = {}
+        for label in self._prompts:
+            history = self._history.get(label)
+            for prompts in [self._prompts[label], *(history.snapshots() if history else [])]:
+                for p in prompts.values():
+                    if p.mask is not None:
+                        masks[id(p.mask)] = p.mask.nbytes
+        return RECORD_BYTES + sum(masks.values())
+
     # -- prompts -------------------------------------------------------------------------------
+    @contextmanager
+    def all_or_nothing(self):
+        """A request's changes (current label, prompts, history, SAM 2 states) stand only if it succeeds:
+        a refused request leaves the session exactly as it found it, its last answers included."""
+        with self.lock:
+            saved = (self.label, dict(self._prompts), {n: h.copy() for n, h in self._history.items()},
+                     dict(self._tracks), set(self.locked))
+            try:
+                yield
+            except BaseException:
+                self.label, self._prompts, self._history, self._tracks, self.locked = saved
+                raise
+
     def reset(self, label: str | None = None) -> None:
-        """Clear one label (prompts, history, SAM 2 state) or, without a label, every label."""
+        """Clear one label (prompts, history, SAM 2 state) or, without a label, every label. The SAM 2
+        states are dropped, not cleared in place, so that :meth:`all_or_nothing` can put them back."""
         with self.lock:
             if label is None:
-                for track in self._tracks.values():
-                    track.clear()
+                self.locked = set()
                 self._tracks.clear()
                 self._prompts.clear()
                 self._history.clear()
                 self._cache_2d.clear()
-            elif label in self._tracks:
+            elif label in self._prompts:
                 # the label keeps its place (its value in a combined map), with nothing in it
-                self._tracks[label].clear()
+                self._tracks.pop(label, None)
                 self._prompts[label] = {}
                 self._history[label] = PromptHistory()
 
@@ -135,6 +198,9 @@ class Session:
         with self.lock:
             label = label or self.label
             track = self.track(label)
+            if not self._prompts[label]:  # its last prompt undone or removed: an empty label, a fresh state
+                self._tracks.pop(label)
+                return Propagation.empty(self.volume.slices_u8.shape, lo, hi)
             return track.propagate(self._prompts[label], lo, hi, auto_stop, incremental, rejoin)
 
     def segment_slice(self, k: int, prompt: SlicePrompt, label: str | None = None) -> tuple[np.ndarray, float]:
@@ -154,9 +220,22 @@ class Session:
             mask, score = hit
             return mask.copy(), score
 
+    def result(self, label: str | None = None) -> Propagation | None:
+        """The label's last 3D answer (None before one, or after its SAM 2 state was dropped)."""
+        track = self._tracks.get(label or self.label)
+        return track.last if track else None
+
+    def protected(self, label: str | None = None) -> np.ndarray | None:
+        """The voxels of the locked labels other than ``label`` (their last answers), which no other
+        label's answer may take; None when there are none."""
+        label = label or self.label
+        masks = [r.mask > 0 for n in sorted(self.locked) if n != label and (r := self.result(n)) is not None]
+        return np.logical_or.reduce(masks) if masks else None
+
     def combined(self, labels: list[str] | None = None) -> tuple[np.ndarray, dict[str, int]]:
         """The last 3D results of several labels in one map (values 1, 2, ... in ``self.labels`` order).
-        Where masks overlap, the voxel goes to the label whose SAM 2 mask logit is higher there."""
+        Where masks overlap, the voxel goes to a locked label, else to the label whose SAM 2 mask logit
+        is higher there."""
         with self.lock:
             names = [n for n in (labels or self.labels) if n in self._tracks and self._tracks[n].last is not None]
             if not names:
@@ -173,6 +252,8 @@ class Session:
                     m = self._tracks[n].last.mask[k] > 0
                     logits = self._tracks[n].logits(k)
                     score = np.where(m, logits if logits is not None else 0.0, -np.inf)
+                    if n in self.locked:  # a locked label keeps its voxels (logits are far below 1e6)
+                        score = score + 1e6
                     win = score > best
                     out[k][win] = values[n]
                     best = np.maximum(best, score)

@@ -31,7 +31,7 @@ import torch
 
 from .errors import PromptError
 from .model import init_state_from_frames
-from .prompts import Prompts, SlicePrompt
+from .prompts import Prompts, SlicePrompt, check_label
 from .torch_thread import check_cancelled
 
 OBJ_ID = 1  # one SAM 2 object per label state
@@ -59,6 +59,12 @@ class Propagation:
     # outward from the changed slices); "full", "incremental", "cached" (nothing changed) or "2d".
     propagated_spans: list[tuple[int, int]] = field(default_factory=list)
     how: str = "full"
+
+    @classmethod
+    def empty(cls, shape, lo: int, hi: int) -> "Propagation":
+        """The answer to a label with no prompt left (its last one undone or removed): nothing."""
+        return cls(np.zeros(shape, dtype=np.uint8), [], (lo, hi), None, {}, {"forward": None, "reverse": None},
+                   0, 0.0, [], "empty")
 
 
 def _same_mask(a: np.ndarray, b: np.ndarray) -> bool:
@@ -92,6 +98,7 @@ class LabelTrack:
             engine.predictor, volume.frames, features, geo.frame_height, geo.frame_width,
             offload_state_to_cpu=str(engine.device).startswith("cuda") and geo.num_frames > engine.offload_state_above,
         )
+        self.generation = engine.state_generation  # made with the engine's weights of then
         self.applied: Prompts = {}  # the prompts SAM 2's state reflects
         self.last: Propagation | None = None
         self.last_3d: tuple[int, int, int] | None = None  # (lo, hi, auto_stop) that made ``last``
@@ -138,7 +145,7 @@ class LabelTrack:
     # -- 2D ------------------------------------------------------------------------------------
     def segment_slice(self, k: int, prompt: SlicePrompt) -> tuple[np.ndarray, float]:
         """SAM 2 on one slice from its prompt alone (a fresh conditioning frame), no propagation."""
-        prompt.check(k)
+        check_label({k: prompt})
         with self.engine.lock, torch.inference_mode(), self.engine.autocast():
             self.predictor.reset_state(self.state)
             self.applied = {}
@@ -158,15 +165,14 @@ class LabelTrack:
         outside = [k for k in prompts if not lo <= k <= hi]
         if outside:
             raise PromptError(f"prompted slice(s) {sorted(outside)} lie outside the slice range [{lo}, {hi}]")
-        for k, prompt in prompts.items():
-            prompt.check(k)
+        check_label(prompts)
         if auto_stop < 0:
             raise PromptError(f"auto_stop must be >= 0 (0 = never stop early), got {auto_stop}")
         changed = sorted(k for k in prompts if self.applied.get(k) != prompts[k])
         can_increment = (
             incremental and self.valid and self.last is not None and self.last_3d == (lo, hi, auto_stop)
-            and set(self.applied) <= set(prompts)
-        )
+            and all(k in prompts and prompts[k].adds_to(old) for k, old in self.applied.items())
+        )  # a removed or moved prompt rebuilds: the answer is then the fresh session's, as undo promises
         self.valid = False  # until this pass completes
         with self.engine.lock, torch.inference_mode(), self.engine.autocast():
             if can_increment and not changed:

@@ -232,11 +232,11 @@ class WeightsManager:
                 if key not in self._base:
                     self._base[key] = params[key].detach().to("cpu", copy=True)
                 params[key].copy_(value.to(params[key].device, params[key].dtype))
-        dropped = self.engine.close()
+        dropped = self.engine.drop_states()  # sessions go on: their SAM 2 states are rebuilt from their prompts
         self.engine.feature_cache.clear()
         old, self.current = self.current, version["name"] if version else BASE
         self.current_version = version
-        logger.info(f"SAM 2 weights: {old} -> {self.current} ({len(new)} tensors; {dropped} sessions and the feature cache dropped)")
+        logger.info(f"SAM 2 weights: {old} -> {self.current} ({len(new)} tensors; the SAM 2 states of {dropped} sessions and the feature cache dropped)")
 
 
 class _LoadFailed(Exception):

@@ -29,7 +29,7 @@ INT_FIELDS = ("start_slice", "end_slice", "auto_stop", "label_value", "slice")
 NAME_FIELDS = ("label_tag",)
 # Keys monailabel fills from the query, the uploads or the session: a client setting them in params
 # would replace the image or the mask file by any path on the server.
-SERVER_KEYS = ("image", "image_id", "model", "session", "file", "description")
+SERVER_KEYS = ("image", "image_id", "model", "session", "file", "description", "client_key")
 LABEL_UPLOAD_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
 
 

@@ -36,6 +36,7 @@ from ..engine.compiled import compile_status
 from ..engine.torch_thread import ClientGone
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
+from .label_locks import locks_and_exclusions
 from .request_checks import check_infer_request
 from .work_caps import check_slice_count
 from ..engine.weights import ensure_weights, weights_in_use, weights_served_next
@@ -125,15 +126,19 @@ class Sam2InferTask(InferTask):
         self._check_checkpoint(request)
         extension = self._result_extension(request)
         preset = intensity.preset_from_params(request)
-        axis = self._axis(request)
+        axis, axis_hint = self._axis(request)
         mode = "2d" if self.kind == "slice2d" else "3d"
         client_id = str(request.get("client_id") or "")
-        session = self.engine.open(image_path, client_id, preset, mode, axis)
-        with session.lock:  # the whole request: prompts, propagation and the answer belong together
+        session = self.engine.open(image_path, _session_client(request, client_id), preset, mode, axis)
+        # the whole request under the session's lock: prompts, propagation and the answer belong together;
+        # a refused request leaves the session as it was (its prompts, undo history and last answers)
+        with session.all_or_nothing():
             encoded_before = session.features.frames_encoded  # prompts on new slices encode them too
             result_mask, label_names, result, label = self._answer(request, session, anonymous=not client_id)
             frames_encoded = session.features.frames_encoded - encoded_before
             answer = self._result_json(result, session, label, label_names, frames_encoded)
+            answer["axis_hint"] = axis_hint
+            answer["session_restarted"] = session.take_restarted()  # why this client's last session ended
         self.engine.trim(keep=session)
         out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
         write_label(label_image_like(session.geometry.to_volume(result_mask), session.volume.image), out_file)
@@ -148,13 +153,7 @@ class Sam2InferTask(InferTask):
         elif _truthy(request.get("reset_state")):
             session.reset(label)
         if self.kind == "slice2d":
-            k, prompt = self._slice2d_prompt(request, geo)
-            t0 = time.perf_counter()
-            mask2d, score = session.segment_slice(k, prompt)
-            mask = np.zeros(session.volume.slices_u8.shape, dtype=np.uint8)
-            mask[k] = mask2d
-            result = Propagation(mask, [k], (k, k), (k, k), {k: score}, {}, 0, time.perf_counter() - t0, [(k, k)], "2d")
-            return mask, {label: 1}, result, label
+            return self._answer_2d(request, session, label)
         lo, hi = self._slice_range(request, geo)
         if _truthy(request.get("undo")):
             check_slice_count(lo, hi)
@@ -164,23 +163,53 @@ class Sam2InferTask(InferTask):
             session.redo()
         else:
             tools, box_range = self._tool_prompts(request, geo, session, anonymous)
-            if box_range is not None:  # a box with depth bounds propagation; a flat box only marks its slice
-                lo, hi = max(lo, box_range[0]), min(hi, box_range[1])
-                if lo > hi:
-                    raise PromptError(f"roi slices {list(box_range)} do not meet start_slice/end_slice")
-            check_slice_count(lo, hi)  # before the prompts change: a refused request leaves the session as it was
+            if box_range is not None and max(lo, box_range[0]) > min(hi, box_range[1]):
+                raise PromptError(f"roi slices {list(box_range)} do not meet start_slice/end_slice")
             changed = session.update_prompts(**tools)
+            if box_range is not None:  # a box with depth bounds propagation, widened to the label's other
+                prompted = sorted(session.prompts())  # prompted slices; a flat box only marks its slice
+                lo, hi = max(lo, min(box_range[0], prompted[0])), min(hi, max(box_range[1], prompted[-1]))
+            check_slice_count(lo, hi)  # inside all_or_nothing: a refused request leaves the session as it was
             logger.info(f"{self.kind}: label {label!r}, changed slices {changed}")
         auto_stop = _int_param(request, "auto_stop", DEFAULT_AUTO_STOP, minimum=0)
         incremental = _truthy(request.get("incremental", True))  # false: always re-propagate fully
         result = session.propagate(lo, hi, auto_stop=auto_stop, incremental=incremental)
+        excluded = locks_and_exclusions(request, session, label, lambda: self._datastore_label(request, "final"))
         if str(request.get("labels", "")).lower() == "all":
+            for other in session.labels:  # a label whose SAM 2 state was dropped (memory bounds): rebuilt
+                if other != label and session.prompts(other) and session.result(other) is None:
+                    session.propagate(lo, hi, auto_stop=auto_stop, label=other)
             mask, names = session.combined()
+            if excluded is not None and label in names:
+                mask[(mask == names[label]) & excluded] = 0
             return mask, names, result, label
-        return result.mask, {label: 1}, result, label
+        mask = result.mask
+        for region in (session.protected(label), excluded):
+            if region is not None:
+                mask = np.where(region, 0, mask).astype(np.uint8)
+        return mask, {label: 1}, result, label
+
+    def _answer_2d(self, request, session, label: str):
+        """One slice from its own clicks; undo/redo step back to the label's previous slice and clicks."""
+        if _truthy(request.get("undo")):
+            session.undo()
+        elif _truthy(request.get("redo")):
+            session.redo()
+        else:
+            session.set_prompts(dict([self._slice2d_prompt(request, session.geometry)]))
+        shape = session.volume.slices_u8.shape
+        if not session.prompts():
+            return np.zeros(shape, dtype=np.uint8), {label: 1}, Propagation.empty(shape, 0, 0), label
+        (k, prompt), = session.prompts().items()
+        t0 = time.perf_counter()
+        mask2d, score = session.segment_slice(k, prompt)
+        mask = np.zeros(shape, dtype=np.uint8)
+        mask[k] = mask2d
+        result = Propagation(mask, [k], (k, k), (k, k), {k: score}, {}, 0, time.perf_counter() - t0, [(k, k)], "2d")
+        return mask, {label: 1}, result, label
 
     @staticmethod
-    def _axis(request) -> str:
+    def _axis(request) -> tuple[str, str | None]:
         axis = request.get("axis")
         if axis in (None, ""):
             points = [p for key in ("foreground", "background") for p in (request.get(key) or [])
@@ -189,17 +218,17 @@ class Sam2InferTask(InferTask):
                 hint = suggested_axis(points)
             except (TypeError, ValueError, OverflowError):
                 hint = None  # malformed points: the prompt parser names them
-            if hint:
+            if hint:  # answered along k all the same (the clicks may be axial); the answer says what they suggest
                 value = int(round(float(points[0]["ij".index(hint)])))
-                raise PromptError(
-                    f"every click lies in the plane {hint}={value} while spanning several k slices: they look "
-                    f"placed in a {'sagittal' if hint == 'i' else 'coronal'} view. Send \"axis\": \"{hint}\" to "
-                    f"propagate through {hint} slices, or \"axis\": \"k\" to propagate through axial slices anyway"
+                return "k", (
+                    f"every click lies in the plane {hint}={value} while spanning several k slices: if they were "
+                    f"placed in a {'sagittal' if hint == 'i' else 'coronal'} view, send \"axis\": \"{hint}\" to "
+                    f"propagate through {hint} slices; this answer propagated through axial (k) slices"
                 )
-            return "k"
+            return "k", None
         if axis not in AXES:
             raise UnknownOption(f"axis {axis!r} is not one of i, j, k")
-        return axis
+        return axis, None
 
     # -- request parsing -----------------------------------------------------------------------
     def _check_checkpoint(self, request):
@@ -348,6 +377,15 @@ class Sam2InferTask(InferTask):
             "propagation": result.how,
             "propagated_spans": [list(span) for span in result.propagated_spans],
         }
+
+
+def _session_client(request, client_id: str) -> str:
+    """Whose sessions: the ``client_id`` sent (within the authenticated user's sessions when auth is on);
+    without one, the user's or the browser's key that the HTTP layer set (``lib/web/client_key.py``)."""
+    key = str(request.get("client_key") or "")
+    if key.startswith("user:"):
+        return f"{key}/{client_id}" if client_id else key
+    return client_id or key
 
 
 def _uploaded_label(request) -> str | None:

@@ -45,6 +45,7 @@ from ..engine import torch_thread
 from . import client_gone
 from ..engine.errors import EngineInputError, ImageNotFound
 from ..infers.request_checks import check_http_infer, parse_params
+from . import client_key
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args,
 async def infer(
     request: Request,
     background_tasks: BackgroundTasks,
+    request: Request,
     model: str,
     image: str = "",
     session_id: str = "",
@@ -99,11 +101,13 @@ async def infer(
             raise ImageNotFound(f"session {session_id!r} is unknown or has expired: upload the image again (PUT /session/)")
     except EngineInputError as e:
         raise _http(e) from e
+    p[client_key.PARAM], new_token = client_key.of_request(request, user)  # whose sessions (lib/web/client_key.py)
     # on the torch thread (lib/engine/torch_thread.py): the thread the model was built on runs it fastest
-    return await _in_thread_cleaning_up(
+    answer = await _in_thread_cleaning_up(
         background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output,
         request=request,
     )
+    return client_key.with_cookie(answer, new_token, request)
 
 
 async def save_label(
