@@ -81,7 +81,6 @@ async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args,
 async def infer(
     request: Request,
     background_tasks: BackgroundTasks,
-    request: Request,
     model: str,
     image: str = "",
     session_id: str = "",
