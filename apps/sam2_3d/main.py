@@ -27,6 +27,7 @@ from lib.datastore.history import DEFAULT_HISTORY, Sam2LocalDatastore
 from lib.datastore.names import check_name
 from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
 from lib.engine.errors import ImageNotFound, UnknownOption
+from lib.web import request_log
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class Sam2App(MONAILabelApp):
                 )
         result = super().infer(request, datastore)
         params = result.get("params") or {}
+        request_log.note(slices=request_log.slices_text(params), client=request.get("client_id"))
         scores = params.get("slice_scores")
         # a 2D click scores one slice; only a propagation says how sure SAM 2 was about the whole object
         if scores and params.get("model_kind") != "slice2d" and isinstance(request.get("image_id"), str):

@@ -17,6 +17,7 @@ and allow any origin *with credentials* by default. Without forking monailabel:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -60,7 +61,9 @@ async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args,
     """
     try:
         if executor is not None:
-            return await asyncio.get_running_loop().run_in_executor(executor, partial(func, background_tasks, *args))
+            # with the request's context, so the request log (request_log.py) gets what the task notes
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, contextvars.copy_context().run, partial(func, background_tasks, *args))
         return await run_in_threadpool(func, background_tasks, *args)
     except BaseException:
         for task in background_tasks.tasks:
@@ -211,6 +214,9 @@ def install(web_app) -> None:
     origins = cors_origins()
     web_app.user_middleware = [m for m in web_app.user_middleware if m.cls is not CORSMiddleware]
     web_app.user_middleware.insert(0, cors_middleware(origins))
+    from . import request_log
+
+    request_log.install(web_app)  # one log line per request
     # Starlette builds its middleware stack once, before start-up; rebuild it with the above.
     web_app.middleware_stack = web_app.build_middleware_stack()
     logger.info(
