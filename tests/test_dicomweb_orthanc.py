@@ -189,3 +189,37 @@ def test_final_label_goes_back_as_dicom_seg_and_is_found_again(pacs, pacs_server
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path2)), label)
     finally:
         second.stop()
+
+
+def test_infer_output_dicom_seg_is_a_seg_of_the_series(pacs_server, tmp_path):
+    """output=dicom_seg (monailabel's endpoint needs dcmqi: HTTP 500): a highdicom SEG referencing the series."""
+    ct = sitk.ReadImage(_cached_image(pacs_server))
+    mask = np.zeros(sitk.GetArrayFromImage(ct).shape, np.uint8)
+    mask[10, 200:260, 220:300] = 1  # a mask prompt's slice comes back exactly as given
+    prompt = sitk.GetImageFromArray(mask)
+    prompt.CopyInformation(ct)
+    sitk.WriteImage(prompt, str(tmp_path / "prompt.nii.gz"))
+    params = {"prompt_slices": [10], "start_slice": 9, "end_slice": 11, "label_info": [{"name": "liver", "idx": 1}]}
+    r = requests.post(f"{pacs_server.url}/infer/sam2_propagate", params={"image": SERIES_UID, "output": "dicom_seg"},
+                      files={"params": (None, json.dumps(params)),
+                             "label": ("prompt.nii.gz", open(tmp_path / "prompt.nii.gz", "rb"))}, timeout=300)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom"
+    path = tmp_path / "result.seg.dcm"
+    path.write_bytes(r.content)
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SEG" and ds.StudyInstanceUID == STUDY_UID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID
+    from lib.datastore.seg import read_seg_on_series
+
+    label, names = read_seg_on_series(str(path), shared("totalseg_ct_dicom", "dicom_uids"))
+    assert names == {1: "liver"}
+    assert np.array_equal(label[10], mask[10]), "the prompted slice is in the SEG exactly as given"
+    assert not label[:9].any() and not label[12:].any(), "nothing outside start_slice..end_slice"
+
+    # a session or an upload has no series in the PACS to reference
+    r = requests.post(f"{pacs_server.url}/infer/sam2_point", params={"output": "dicom_seg"},
+                      files={"params": (None, json.dumps({"foreground": [[256, 256, 10]]})),
+                             "file": ("ct.nii.gz", open(_cached_image(pacs_server), "rb"))}, timeout=120)
+    assert r.status_code == 400 and "SeriesInstanceUID" in r.json()["detail"], r.text
+    assert pacs_server.alive()

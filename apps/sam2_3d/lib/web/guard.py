@@ -98,8 +98,11 @@ async def infer(
     except EngineInputError as e:
         raise _http(e) from e
     # on the torch thread (lib/engine/torch_thread.py): the thread the model was built on runs it fastest
+    run = ml_infer.run_inference
+    if output is not None and output.value == "dicom_seg":  # monailabel's own needs dcmqi (absent: 500)
+        from ..datastore.seg_output import run_inference_as_seg as run
     return await _in_thread_cleaning_up(
-        background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output,
+        background_tasks, run, model, image, session_id, json.dumps(p), file, label, output,
         executor=torch_thread.executor(),
     )
 
