@@ -136,15 +136,15 @@ class Sam2App(MONAILabelApp):
             guard.install(web.app)
         if web is not None and self.studies.startswith(("http://", "https://")) and "googleapis.com" not in self.studies:
             from lib.datastore import stow_proxy, wado_proxy
-            from lib.web import ohif_config
 
             wado_proxy.install(web.app)
             stow_proxy.install(web.app)  # a SEG saved in OHIF becomes the final label
-            ohif_config.install(web.app)  # OHIF's data source stores through it
         if web is not None:
             from lib.trainers import endpoint
+            from lib.web import ohif_config
 
             endpoint.install(web.app)  # 422 for bad training parameters, before a process starts
+            ohif_config.install(web.app)  # OHIF's app-config.js (it can store) and its view of /info/
 
     def infer(self, request, datastore=None):
         # monailabel replaces the image id by its file path before the task sees it; keep the id so
