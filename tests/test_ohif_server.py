@@ -69,4 +69,4 @@ def test_ohif_reads_the_apps_config_with_a_store_target(server):
     r = requests.get(f"{server.url}/ohif/app-config.js", timeout=30)
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
     assert "stowRoot: '/proxy/dicom/stow'" in r.text and "wadoRoot: '/proxy/dicom/wado'" in r.text
-    assert "dicomUploadEnabled: false" in r.text and "supportsReject: false" in r.text
+    assert "dicomUploadEnabled: true" in r.text and "supportsReject: false" in r.text  # upload: the way to store a SEG

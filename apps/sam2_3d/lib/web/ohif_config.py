@@ -1,9 +1,10 @@
 """What the OHIF viewer monailabel serves at ``/ohif/`` gets from the app, beyond monailabel's defaults.
 
 * ``GET /ohif/app-config.js``: the app's configuration (``ohif/app-config.js``) instead of monailabel's,
-  whose data source has nowhere to store and offers DICOM upload and "reject" (delete) to every viewer.
-  The app's stores SEGs through its checking STOW route (``lib/datastore/stow_proxy.py``). The bundle
-  itself is monailabel's, unchanged (a prebuilt viewer; its configuration is the part meant to be edited).
+  whose store went to the PACS unchecked and unseen by the app, and which offered "reject" (delete).
+  Everything the viewer stores (its study list's Upload, a Segmentation-mode export) goes through the
+  app's checking STOW route (``lib/datastore/stow_proxy.py``), which makes a SEG the final label. The
+  bundle itself is monailabel's, unchanged (a prebuilt viewer; its configuration is meant to be edited).
 * ``GET /info/`` asked by that viewer (its page, under ``/ohif/``, is the request's ``Referer``):
   - the app's ``name`` says which weights are served: it is the one line of ``/info/`` OHIF's MONAI Label
     panel displays (model descriptions never appear there), and an untrained network must not pass

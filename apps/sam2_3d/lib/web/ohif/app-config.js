@@ -3,6 +3,9 @@
 // app's own route, which checks a DICOM SEG, stores it in the PACS and makes it the series' final label
 // (lib/datastore/stow_proxy.py). This OHIF build stores with its WADO client (POST {wadoRoot}/studies);
 // newer builds read stowRoot. Every mode the bundle holds is offered (MONAI Label, Segmentation, ...).
+// Upload is on: in this build the Segmentation mode's "Export DICOM SEG" fails (TypeError), so a SEG is
+// saved by "Download DICOM SEG" and the study list's Upload, which stores through the same route.
+// Reject (delete from the PACS) is off.
 window.config = {
   routerBasename: '/ohif/',
   showStudyList: true,
@@ -32,7 +35,7 @@ window.config = {
         enableStudyLazyLoad: false,
         supportsFuzzyMatching: true,
         supportsWildcard: true,
-        dicomUploadEnabled: false,
+        dicomUploadEnabled: true,
         bulkDataURI: {
           enabled: true,
         },
