@@ -189,3 +189,91 @@ def test_final_label_goes_back_as_dicom_seg_and_is_found_again(pacs, pacs_server
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path2)), label)
     finally:
         second.stop()
+
+
+def test_infer_output_dicom_seg_is_a_seg_of_the_series(pacs_server, tmp_path):
+    """output=dicom_seg (monailabel's endpoint needs dcmqi: HTTP 500): a highdicom SEG referencing the series."""
+    ct = sitk.ReadImage(_cached_image(pacs_server))
+    mask = np.zeros(sitk.GetArrayFromImage(ct).shape, np.uint8)
+    mask[10, 200:260, 220:300] = 1  # a mask prompt's slice comes back exactly as given
+    prompt = sitk.GetImageFromArray(mask)
+    prompt.CopyInformation(ct)
+    sitk.WriteImage(prompt, str(tmp_path / "prompt.nii.gz"))
+    params = {"prompt_slices": [10], "start_slice": 9, "end_slice": 11, "label_info": [{"name": "liver", "idx": 1}]}
+    r = requests.post(f"{pacs_server.url}/infer/sam2_propagate", params={"image": SERIES_UID, "output": "dicom_seg"},
+                      files={"params": (None, json.dumps(params)),
+                             "label": ("prompt.nii.gz", open(tmp_path / "prompt.nii.gz", "rb"))}, timeout=300)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom"
+    path = tmp_path / "result.seg.dcm"
+    path.write_bytes(r.content)
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SEG" and ds.StudyInstanceUID == STUDY_UID
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID
+    from lib.datastore.seg import read_seg_on_series
+
+    label, names = read_seg_on_series(str(path), shared("totalseg_ct_dicom", "dicom_uids"))
+    assert names == {1: "liver"}
+    assert np.array_equal(label[10], mask[10]), "the prompted slice is in the SEG exactly as given"
+    assert not label[:9].any() and not label[12:].any(), "nothing outside start_slice..end_slice"
+
+    # a session or an upload has no series in the PACS to reference
+    r = requests.post(f"{pacs_server.url}/infer/sam2_point", params={"output": "dicom_seg"},
+                      files={"params": (None, json.dumps({"foreground": [[256, 256, 10]]})),
+                             "file": ("ct.nii.gz", open(_cached_image(pacs_server), "rb"))}, timeout=120)
+    assert r.status_code == 400 and "SeriesInstanceUID" in r.json()["detail"], r.text
+    assert pacs_server.alive()
+
+
+def _stow_body(*files: bytes) -> tuple[bytes, str]:
+    boundary = "sam2-3d-test-boundary"
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n" for f in files)
+    return body + b"--" + boundary.encode() + b"--\r\n", f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def test_a_seg_stored_like_ohif_becomes_the_final_label_and_a_second_replaces_it(pacs, pacs_server, tmp_path):
+    """OHIF stores a SEG with POST {wadoRoot}/studies: through the app it is checked, stored, and made the label."""
+    from lib.datastore.seg import write_seg
+
+    folder = shared("totalseg_ct_dicom", "dicom_uids")
+    segs_before = len(pacs.series("SEG"))
+
+    # refused, nothing stored: not multipart, not DICOM, a SEG of a series this datastore does not hold
+    r = requests.post(f"{pacs_server.url}/proxy/dicom/wado/studies", data=b"x", headers={"Content-Type": "application/json"})
+    assert r.status_code == 415 and "multipart/related" in r.json()["detail"], r.text
+    body, ctype = _stow_body(b"not a dicom file")
+    r = requests.post(f"{pacs_server.url}/proxy/dicom/wado/studies", data=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400 and "part 1" in r.json()["detail"], r.text
+    label = np.zeros((20, 512, 512), np.uint8)
+    label[8:12, 200:300, 200:300] = 1
+    stray = pydicom.dcmread(write_seg(folder, label, {1: "stray"}, str(tmp_path / "stray.dcm")))
+    stray.ReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.3.4.5"
+    stray.save_as(tmp_path / "stray.dcm")
+    body, ctype = _stow_body((tmp_path / "stray.dcm").read_bytes())
+    r = requests.post(f"{pacs_server.url}/proxy/dicom/wado/studies", data=body, headers={"Content-Type": ctype})
+    assert r.status_code == 422 and "1.2.3.4.5" in r.json()["detail"], r.text
+    assert len(pacs.series("SEG")) == segs_before
+
+    stored = []
+    for n, (name, rows) in enumerate([("liver", slice(200, 300)), ("liver corrected", slice(210, 320))]):
+        label = np.zeros((20, 512, 512), np.uint8)
+        label[8:12, rows, 200:300] = 1
+        path = write_seg(folder, label, {1: name}, str(tmp_path / f"ohif{n}.dcm"))
+        body, ctype = _stow_body(open(path, "rb").read())
+        r = requests.post(f"{pacs_server.url}/proxy/dicom/wado/studies", data=body, headers={"Content-Type": ctype},
+                          timeout=120)
+        assert r.status_code == 200, r.text
+        stored.append(str(pydicom.dcmread(path).SeriesInstanceUID))
+        assert len(pacs.series("SEG")) == segs_before + n + 1, "the SEG is in the PACS"
+
+        everything = requests.get(f"{pacs_server.url}/datastore/", params={"output": "all"}, timeout=60).json()
+        final = everything["objects"][SERIES_UID]["labels"]["final"]
+        assert final["info"]["SeriesInstanceUID"] == stored[-1] and final["info"]["label_info"] == [{"name": name, "idx": 1}]
+        if n:
+            assert final["info"].get("replaces"), "the earlier final label is kept, not overwritten"
+        got = requests.get(f"{pacs_server.url}/datastore/label", params={"label": SERIES_UID, "tag": "final"}, timeout=60)
+        (tmp_path / "got.nii.gz").write_bytes(got.content)
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "got.nii.gz"))), label)
+    stats = requests.get(f"{pacs_server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+    assert stats["completed"] == 1 and stats["total"] == 1
+    assert pacs_server.alive()

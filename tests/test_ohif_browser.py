@@ -94,7 +94,8 @@ def test_ohif_lists_models_click_sends_infer_and_mask_is_drawn(ohif_stack):
             page.get_by_text("Point Prompts").click()
             select = page.locator("select").filter(has=page.locator("option[value='sam2_point']")).first
             options = select.locator("option").all_inner_texts()
-            assert [o.strip() for o in options] == ["sam2_point", "sam2_box", "sam2_propagate", "sam2_2d"]
+            # sam2_propagate needs a mask file, which OHIF cannot send: /info/ leaves it out for OHIF
+            assert [o.strip() for o in options] == ["sam2_point", "sam2_box", "sam2_2d"]
             select.select_option("sam2_point")
             page.locator("tr.clickable-row", has_text="object").click()
 

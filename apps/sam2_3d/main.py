@@ -34,6 +34,7 @@ from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
 from lib.engine.errors import ImageNotFound, UnknownOption
 from lib.engine.options import check_conf
 from lib.infers import work_caps
+from lib.web import request_log
 
 logger = logging.getLogger(__name__)
 
@@ -191,9 +192,15 @@ class Sam2App(MONAILabelApp):
 
             wado_proxy.install(web.app)
         if web is not None:
+            from lib.datastore import stow_proxy
             from lib.trainers import endpoint
+            from lib.web import ohif_config
 
+            # a SEG saved in OHIF becomes the final label; mounted on every datastore so that the route table
+            # is the same everywhere (a local datastore answers 404 "no DICOMweb datastore")
+            stow_proxy.install(web.app)
             endpoint.install(web.app)  # 422 for bad training parameters, before a process starts
+            ohif_config.install(web.app)  # OHIF's app-config.js (it can store) and its view of /info/
             from lib.web import connections
 
             connections.install(self.conf)  # half-open connections time out
@@ -222,6 +229,7 @@ class Sam2App(MONAILabelApp):
                 )
         result = super().infer(request, datastore)
         params = result.get("params") or {}
+        request_log.note(slices=request_log.slices_text(params), client=request.get("client_id"))
         scores = params.get("slice_scores")
         # a 2D click scores one slice; only a propagation says how sure SAM 2 was about the whole object
         if scores and params.get("model_kind") != "slice2d" and isinstance(request.get("image_id"), str):

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+import pydicom
 from fastapi import HTTPException
 from pydicom.dataset import Dataset
 
@@ -103,7 +104,9 @@ class Sam2DICOMWebDatastore(KeepsReplacedLabels, DICOMWebDatastore):
         return self._cached("images", compute)
 
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
-        return self._cached("labeled", lambda: DICOMWebDatastore.get_labeled_images.__wrapped__(self, label_tag, labels))
+        # monailabel's lists a series once per SEG referencing it: three saves made "3 of 1 labelled"
+        return self._cached("labeled", lambda: list(dict.fromkeys(
+            DICOMWebDatastore.get_labeled_images.__wrapped__(self, label_tag, labels))))
 
     # -- images ------------------------------------------------------------------------------------
     def _check_series_id(self, image_id: str) -> None:
@@ -198,6 +201,45 @@ class Sam2DICOMWebDatastore(KeepsReplacedLabels, DICOMWebDatastore):
             self.invalidate()
             if converted and os.path.exists(converted):
                 os.unlink(converted)
+
+    # -- SEG stored by a viewer (OHIF's Segmentation mode) through the app's STOW route -------------------
+    def label_from_seg(self, seg_path: str) -> tuple[str, str]:
+        """``(image_id, label file)`` of a SEG on the grid of the series it references, or a 4xx naming why not.
+
+        Done *before* the SEG is forwarded to the PACS: a SEG this datastore could not use as a final label
+        (no reference, an unknown series, frames that are not the series') is refused and never stored.
+        """
+        ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
+        refs = ds.get("ReferencedSeriesSequence")
+        image_id = str(refs[0].SeriesInstanceUID) if refs else ""
+        if not image_id:
+            raise HTTPException(status_code=422, detail="the DICOM SEG has no ReferencedSeriesSequence: it must name "
+                                "the series it segments to count as that series' label")
+        self._check_series_id(image_id)
+        if image_id not in self.list_images():
+            raise HTTPException(status_code=422, detail=f"the DICOM SEG references series {image_id}, which is not an "
+                                f"image of this datastore ({self._client.base_url})")
+        self.get_image_uri(image_id)
+        image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        out = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+        try:
+            dicom_seg.seg_to_label_file(seg_path, image_dir, out)
+        except Exception as e:
+            os.unlink(out)
+            raise HTTPException(status_code=422, detail=f"the DICOM SEG for series {image_id} cannot be read onto "
+                                f"that series' grid: {e}") from e
+        return image_id, out
+
+    def save_stored_seg(self, image_id: str, label_file: str, seg_series: str, segment_names: dict) -> str:
+        """After the PACS took a viewer's SEG: it becomes the image's final label here (the previous one kept)."""
+        try:
+            info = {"SeriesInstanceUID": seg_series, "Modality": "SEG", "source": "dicom-seg stored by a viewer",
+                    "label_info": [{"name": n, "idx": i} for i, n in sorted(segment_names.items())]}
+            label_id = self._save_keeping_previous(image_id, label_file, DefaultLabelTag.FINAL, info)
+            logger.info(f"final label of {image_id} taken from the viewer's SEG series {seg_series}")
+            return label_id
+        finally:
+            self.invalidate()
 
     def _download_labeled_data(self):
         # The shipped version also *deletes* local final labels that have no SEG in the PACS; a label whose

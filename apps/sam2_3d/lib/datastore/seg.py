@@ -162,8 +162,11 @@ def read_seg_on_series(seg_path: str, series_folder: str) -> tuple[np.ndarray, d
     referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
     wanted = [u for u in sop_uids if u in referenced]
     numbers = list(seg.segment_numbers)
+    # OHIF's SEGs (dcmjs) leave out SpatialLocationsPreserved; each frame still names its source instance
+    # and lies on it (dcmjs writes a labelmap of the source grid), which is what indexing needs.
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=wanted, segment_numbers=numbers, combine_segments=True, relabel=False
+        source_sop_instance_uids=wanted, segment_numbers=numbers, combine_segments=True, relabel=False,
+        ignore_spatial_locations=True,
     )
     out = np.zeros((len(files), int(seg.Rows), int(seg.Columns)), dtype=np.uint8)
     index = {u: k for k, u in enumerate(sop_uids)}

@@ -108,8 +108,9 @@ def check_http_infer(app, model: str, image: str, session_id: str, params: dict,
         if not isinstance(store, DICOMWebDatastore):
             raise UnknownOption("output=dicom_seg needs a DICOMweb datastore; this server stores files locally "
                                 "(use output=image, json or the default)")
-        if params.get("label_info") is None:
-            raise BadRequestValue("output=dicom_seg needs 'label_info' in params")
+        if not image or session_id or file_name:
+            raise BadRequestValue("output=dicom_seg needs image=<SeriesInstanceUID> of a series in the PACS "
+                                  "(not an upload or a session): the SEG references that series")
 
 
 # -- the infer task ---------------------------------------------------------------------------------

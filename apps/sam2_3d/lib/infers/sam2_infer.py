@@ -36,6 +36,7 @@ from ..engine.compiled import compile_status
 from ..engine.torch_thread import ClientGone
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
+from .corner_box import with_corner_roi
 from .label_locks import locks_and_exclusions
 from .request_checks import check_infer_request
 from .work_caps import check_slice_count
@@ -117,6 +118,8 @@ class Sam2InferTask(InferTask):
     # ------------------------------------------------------------------------------------------
     def _run(self, request):
         ensure_weights(self.engine)  # the newest fine-tuned version (or the pinned one), without a restart
+        if self.kind == "box":
+            request = with_corner_roi(request)  # OHIF has no box tool: two clicks as corners
         image_path = request.get("image")
         if not isinstance(image_path, str) or not image_path or not os.path.exists(image_path):
             raise ImageNotFound(
@@ -284,7 +287,8 @@ class Sam2InferTask(InferTask):
         box_range = None
         if self.kind == "box":
             if request.get("roi") in (None, [], ""):
-                raise PromptError("sam2_box needs a 'roi' box [i0, i1, j0, j1, k0, k1]")
+                raise PromptError("sam2_box needs a 'roi' box [i0, i1, j0, j1, k0, k1], or exactly two foreground "
+                                  "clicks: the box's opposite corners")
             box, (k0, k1) = geo.roi_to_box(request["roi"])
             k_box = request.get("slice")
             if k_box is None:

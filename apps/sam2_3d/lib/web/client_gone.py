@@ -12,6 +12,7 @@ checks the flag when the torch thread picks it up and before each propagated sli
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from functools import partial
@@ -46,7 +47,9 @@ def _job(cancel: threading.Event, fn, *args):
 async def on_torch_thread_while_connected(request: Request, fn, *args):
     """``fn(*args)`` on the torch thread, dropped once ``request``'s client disconnects."""
     cancel = threading.Event()
-    job = asyncio.get_running_loop().run_in_executor(torch_thread.executor(), partial(_job, cancel, fn, *args))
+    # with the request's context, so the request log (request_log.py) gets what the task notes
+    job = asyncio.get_running_loop().run_in_executor(
+        torch_thread.executor(), contextvars.copy_context().run, partial(_job, cancel, fn, *args))
     watcher = asyncio.create_task(_watch(request, cancel))
     try:
         return await job

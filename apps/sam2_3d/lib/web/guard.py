@@ -18,6 +18,7 @@ and allow any origin *with credentials* by default. Without forking monailabel:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -65,7 +66,9 @@ async def _in_thread_cleaning_up(background_tasks: BackgroundTasks, func, *args,
         if request is not None:  # on the torch thread, dropped once the client disconnects (client_gone.py)
             return await client_gone.on_torch_thread_while_connected(request, func, background_tasks, *args)
         if executor is not None:
-            return await asyncio.get_running_loop().run_in_executor(executor, partial(func, background_tasks, *args))
+            # with the request's context, so the request log (request_log.py) gets what the task notes
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, contextvars.copy_context().run, partial(func, background_tasks, *args))
         return await run_in_threadpool(func, background_tasks, *args)
     except BaseException:
         for task in background_tasks.tasks:
@@ -102,8 +105,11 @@ async def infer(
         raise _http(e) from e
     p[client_key.PARAM], new_token = client_key.of_request(request, user)  # whose sessions (lib/web/client_key.py)
     # on the torch thread (lib/engine/torch_thread.py): the thread the model was built on runs it fastest
+    run = ml_infer.run_inference
+    if output is not None and output.value == "dicom_seg":  # monailabel's own needs dcmqi (absent: 500)
+        from ..datastore.seg_output import run_inference_as_seg as run
     answer = await _in_thread_cleaning_up(
-        background_tasks, ml_infer.run_inference, model, image, session_id, json.dumps(p), file, label, output,
+        background_tasks, run, model, image, session_id, json.dumps(p), file, label, output,
         request=request,
     )
     return client_key.with_cookie(answer, new_token, request)
@@ -222,6 +228,9 @@ def install(web_app) -> None:
     origins = cors_origins()
     web_app.user_middleware = [m for m in web_app.user_middleware if m.cls is not CORSMiddleware]
     web_app.user_middleware.insert(0, cors_middleware(origins))
+    from . import request_log
+
+    request_log.install(web_app)  # one log line per request
     # Starlette builds its middleware stack once, before start-up; rebuild it with the above.
     web_app.middleware_stack = web_app.build_middleware_stack()
     logger.info(

@@ -81,6 +81,13 @@ ROUTES: list[Route] = [
     # -- OHIF bundled with monailabel, and its DICOMweb proxy --
     Route(("GET",), "/ohif/{path:path}", OHIF, "user",
           "files inside monailabel's OHIF folder only (404 for `..` and anything outside)"),
+    Route(("GET",), "/ohif/app-config.js", OHIF, "user",
+          "none needed: the app's own OHIF configuration (lib/web/ohif_config.py)"),
+    *[Route(("POST",), p, OHIF, "annotator",
+            "404 unless the datastore is DICOMweb; multipart DICOM only (415); a SEG must reference a series of the "
+            "datastore and lie on its grid (400/422) before the PACS sees it (lib/datastore/stow_proxy.py)")
+      for p in ("/proxy/dicom/wado/studies", "/proxy/dicom/wado/studies/{study}",
+                "/proxy/dicom/stow/studies", "/proxy/dicom/stow/studies/{study}")],
     Route(("GET",), "/proxy/dicom/qido/{path:path}", OHIF, "user", "404 unless the datastore is DICOMweb; 502 if the PACS fails"),
     Route(("GET",), "/proxy/dicom/wado/{path:path}", OHIF, "user",
           "404 unless the datastore is DICOMweb; 502 if the PACS fails (lib/datastore/wado_proxy.py)"),
@@ -111,8 +118,9 @@ ROUTES: list[Route] = [
     _closed(("GET",), "/logs/gpu", "nvidia-smi output: no client; 500 without nvidia-smi"),
     _closed(("GET", "POST"), "/proxy/dicom/{path:path}", "untyped DICOMweb proxy: OHIF uses qido/wado only"),
     _closed(("POST",), "/proxy/dicom/qido/{path:path}", "OHIF only GETs"),
-    _closed(("POST",), "/proxy/dicom/wado/{path:path}", "OHIF only GETs"),
-    _closed(("GET", "POST"), "/proxy/dicom/stow/{path:path}", "storing through the proxy: the bundled OHIF has no stowRoot"),
+    _closed(("POST",), "/proxy/dicom/wado/{path:path}", "OHIF only GETs, and POSTs a SEG to wado/studies (open above)"),
+    _closed(("GET", "POST"), "/proxy/dicom/stow/{path:path}", "monailabel's untyped STOW proxy: the app's own STOW route "
+            "(stow/studies, open above) checks what it stores"),
 ]
 
 
