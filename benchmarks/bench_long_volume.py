@@ -56,8 +56,8 @@ def one_run(path: str, image_size: int, device: str, model: str, cache_gb: float
     build the engine, open, click, propagate, report."""
     import torch
 
-    from lib.engine.build import engine_from_conf
     from lib.engine import intensity
+    from lib.engine.build import engine_from_conf
     from lib.engine.engine import SlicePrompt
 
     torch.set_num_threads(os.cpu_count() or 1)

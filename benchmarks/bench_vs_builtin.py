@@ -45,8 +45,8 @@ CONFIGS = {"tiny": ("sam2.1_hiera_tiny.pt", "sam2.1_hiera_t.yaml"), "small": ("s
 
 def write_checkpoint(folder, model, image_size):
     """One random-weight checkpoint (+ the config, at the benchmark's image size) for both systems."""
-    from sam2.build_sam import build_sam2_video_predictor
     import sam2
+    from sam2.build_sam import build_sam2_video_predictor
 
     pt_name, cfg_name = CONFIGS[model]
     torch.manual_seed(0)
@@ -187,7 +187,7 @@ def run_volume(ours, theirs, image, size, runs, device, scenarios=("1", "2", "3"
     systems = {"ours": (ours.url, "sam2_point", "sam2_2d"), "theirs": (theirs.url, "sam_3d", "sam_2d")}
     for name, (url, m3, m2) in systems.items():
         base = {"device": device} if name == "theirs" else {"auto_stop": 0, "client_id": "bench", "axis": "k"}
-        s1, s1_slices, s2, s2_full = [], None, [], []
+        s1, s2, s2_full = [], [], []
         for run in range(runs if {"1", "2"} & set(scenarios) else 0):
             # 1 + 2: a fresh session each run; reset_state makes both systems drop prompts and state
             fg = [first]

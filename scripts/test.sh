@@ -7,4 +7,6 @@ scripts/setup.sh
 # tests skip and say why; everything else still runs.
 scripts/setup_system.sh || echo "test.sh: system packages could not be installed; Orthanc/browser tests will skip"
 . .venv/bin/activate
+# lint and import order (ruff.toml); a finding fails the run before any test starts
+ruff check apps tests benchmarks checkpoints
 exec python -m pytest "$@"

@@ -10,9 +10,8 @@ of the returned label, for every orientation of the input file.
 from __future__ import annotations
 
 import numpy as np
-import torch
-
 import sam2.sam2_video_predictor as sam2_video_predictor_module
+import torch
 
 RADIUS = 2
 

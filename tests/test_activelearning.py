@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-
 from conftest import STUDY_FILES, Server, shared
 
 IMAGES = sorted(name.split(".")[0] for name in STUDY_FILES)  # ids: file names without extension

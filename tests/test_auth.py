@@ -18,11 +18,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import jwt
 import pytest
 import requests
+from conftest import Server
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from conftest import Server
-from hostile_support import put_label, write_label_like, write_volume
+from hostile_support import write_label_like, write_volume
 
 USER, ANNOTATOR, REVIEWER, ADMIN = "monailabel-user", "monailabel-annotator", "monailabel-reviewer", "monailabel-admin"
 CLIENT_ID = "monailabel-app"  # MONAI_LABEL_AUTH_CLIENT_ID's default

@@ -18,10 +18,8 @@ import socket
 import threading
 import time
 
-import numpy as np
 import pytest
 import requests
-
 from conftest import MEASURED, Server
 from hostile_support import healthy, put_label, write_label_like, write_volume
 

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from conftest import APP_DIR, REPO, TEST_IMAGE_SIZE, MEASURED, shared
+from conftest import APP_DIR, MEASURED, REPO, TEST_IMAGE_SIZE, shared
 
 START = """
 import json, sys

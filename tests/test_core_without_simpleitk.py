@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import APP_DIR, REPO, TEST_IMAGE_SIZE, shared
 
 from lib.engine import intensity

@@ -17,10 +17,7 @@ import signal
 import threading
 import time
 
-import numpy as np
 import requests
-import SimpleITK as sitk
-
 from conftest import Server
 from hostile_support import put_label, write_label_like, write_volume
 

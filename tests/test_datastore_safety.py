@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-
 from hostile_support import write_label_like, write_volume
+
 from lib.datastore.history import Sam2LocalDatastore
 from lib.engine.errors import EngineInputError
 

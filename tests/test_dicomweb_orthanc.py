@@ -18,9 +18,8 @@ import pydicom
 import pytest
 import requests
 import SimpleITK as sitk
-from dicomweb_client import DICOMwebClient
-
 from conftest import Server, shared
+from dicomweb_client import DICOMwebClient
 from support import orthanc as orthanc_support
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.12198003171701915436914695260859955559"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TEST_IMAGE_SIZE, shared
 
 from lib.engine import intensity

@@ -265,9 +265,9 @@ def test_evaluate_refuses_a_bad_window_before_building_a_model(tmp_path, capsys)
 def test_exact_command_runs_shen_on_the_reference_frames(tmp_path):
     import json
 
+    import evaluate
     import SimpleITK as sitk
 
-    import evaluate
     from lib.evaluation.store import Store
 
     img, gt = _ellipsoid(k=4, h=40, w=36)

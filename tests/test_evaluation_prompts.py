@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import shared
-from scipy.ndimage import distance_transform_edt, label as cc_label
+from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import label as cc_label
 
 from lib.evaluation import datasets, metrics
 from lib.evaluation import prompts as P

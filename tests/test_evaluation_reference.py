@@ -15,7 +15,6 @@ from lib.engine.intensity import IntensityPreset
 from lib.evaluation import metrics, protocols
 from lib.evaluation import prompts as P
 
-
 # -- SAM_2_Medical_3D (Shen et al. 2024) ---------------------------------------------------------
 
 def test_click_goes_to_the_thicker_region_not_the_larger_one():
@@ -80,8 +79,8 @@ def test_clicks_protocol_skips_a_central_slice_of_100_px():
 
 
 def test_shen_reference_nsd_is_monai_at_one_voxel_without_spacing():
-    from monai.metrics import compute_surface_dice
     import torch
+    from monai.metrics import compute_surface_dice
 
     gt = np.zeros((6, 30, 30), bool)
     gt[1:5, 5:20, 5:20] = True

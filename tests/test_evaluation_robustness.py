@@ -10,13 +10,13 @@ import csv
 import json
 import os
 
+import evaluate
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import TEST_IMAGE_SIZE
 from PIL import Image
 
-import evaluate
 from lib.evaluation import datasets, outputs
 
 

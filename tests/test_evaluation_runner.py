@@ -12,10 +12,10 @@ import json
 import os
 import tempfile
 
+import evaluate
 import pytest
 from conftest import TEST_IMAGE_SIZE, shared
 
-import evaluate
 from lib.evaluation import case_task, runner
 
 

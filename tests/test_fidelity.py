@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
-
 import sam2.sam2_video_predictor as sam2_video_predictor_module
+import torch
+from conftest import TEST_IMAGE_SIZE, shared
+from PIL import Image
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.utils.misc import _load_img_as_tensor
-
-from conftest import TEST_IMAGE_SIZE, shared
 
 from lib.engine import intensity
 from lib.engine.engine import SlicePrompt

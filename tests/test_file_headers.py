@@ -20,7 +20,6 @@ import psutil
 import pytest
 import requests
 import SimpleITK as sitk
-
 from conftest import MEASURED
 from hostile_support import healthy
 

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import requests
 import torch
-
 from conftest import Server, shared
 
 TRAIN_SIZE = 128

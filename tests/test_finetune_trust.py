@@ -15,7 +15,6 @@ import os
 import lightning as L
 import pytest
 import torch
-
 from conftest import shared
 
 TRAIN_SIZE = 128

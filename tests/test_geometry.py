@@ -15,7 +15,6 @@ import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import same_grid, shared
 from disk_standin import RADIUS, DiskStandIn
 

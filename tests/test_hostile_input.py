@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from conftest import MEASURED, Server
 from hostile_support import healthy, put_label, write_label_like, write_volume
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 TINY = "tiny"  # 32 x 32 x 6: a full propagation costs ~1 s, so generated valid requests stay cheap
 COUNTS = {"kinds": 0, "requests": 0}

@@ -7,7 +7,6 @@ import os
 import sys
 
 import pytest  # noqa: F401  (fixtures)
-
 from conftest import Server
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))

@@ -11,7 +11,6 @@ import os
 import pytest
 import requests
 import torch
-
 from conftest import APP_DIR, Server
 
 

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, Server, shared
 from support import orthanc as orthanc_support
 

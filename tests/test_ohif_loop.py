@@ -29,7 +29,6 @@ import time
 import pydicom
 import pytest
 import requests
-
 from conftest import REPO, Server, shared
 from support import orthanc as orthanc_support
 

@@ -11,11 +11,9 @@ app's name), and reads its configuration from /ohif/app-config.js. What it gets:
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
-import pytest
 import requests
 import SimpleITK as sitk
 

@@ -21,7 +21,6 @@ import uuid
 
 import pytest
 import requests
-
 from conftest import APP_DIR, MEASURED, REPO, shared
 
 IMAGE = "spinalcord_t2"

@@ -8,10 +8,8 @@ accuracy. Request formats follow shared/reference/clients.md.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -20,9 +18,8 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from requests_toolbelt.multipart.decoder import MultipartDecoder
-
 from conftest import APP_DIR, STUDY_FILES, TEST_IMAGE_SIZE, same_grid, shared
+from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 IMAGE = "spinalcord_t2"  # 60 x 55 x 52, permuted axes: small and non-trivial
 SIZE = (60, 55, 52)

@@ -175,9 +175,10 @@ def test_browsers_without_client_id_keep_sessions_of_their_own(server):
 def test_sessions_are_keyed_by_the_user_when_auth_is_on(monkeypatch):
     from types import SimpleNamespace
 
+    from monailabel.config import settings
+
     from lib.infers.sam2_infer import _session_client
     from lib.web import client_key
-    from monailabel.config import settings
 
     request = SimpleNamespace(cookies={})
     key, token = client_key.of_request(request, SimpleNamespace(username="admin"))
@@ -228,6 +229,7 @@ def test_a_preset_change_keeps_labels_and_history(server):
 def test_a_session_ends_only_by_its_ttl_or_the_byte_bound_and_the_answer_says_so(engine):
     """Through the infer task (what the server runs), with bounds small enough to reach."""
     from conftest import shared
+
     from lib.engine.engine import Sam2VolumeEngine
     from lib.infers.sam2_infer import Sam2InferTask
 
@@ -305,8 +307,9 @@ def test_exclude_final_takes_the_saved_final_label_out_of_the_answer(engine, tmp
 
     import SimpleITK as sitk
     from conftest import shared
-    from lib.infers.sam2_infer import Sam2InferTask
     from monailabel.datastore.local import LocalDatastore
+
+    from lib.infers.sam2_infer import Sam2InferTask
 
     shutil.copy(shared("spinalcord_t2", "image.nii.gz"), tmp_path / "cord.nii.gz")
     store = LocalDatastore(str(tmp_path), extensions=["*.nii.gz"], auto_reload=False)

@@ -18,10 +18,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import MEASURED, REPO, shared
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from conftest import MEASURED, REPO, shared
 
 from lib.engine import intensity
 from lib.engine.errors import PromptError

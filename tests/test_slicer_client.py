@@ -13,10 +13,9 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import Server, same_grid, shared
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
-
-from conftest import Server, same_grid, shared
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import socket
 import sys
 
 from fastapi import HTTPException
-
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX
 from monailabel.interfaces.app import MONAILabelApp

@@ -26,13 +26,12 @@ from typing import Any, Dict, List, Optional
 
 import pydicom
 from fastapi import HTTPException
-from pydicom.dataset import Dataset
-
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
+from pydicom.dataset import Dataset
 
 from ..engine.errors import EngineInputError
 from . import seg as dicom_seg

@@ -13,7 +13,6 @@ import json
 import os
 
 from fastapi.responses import FileResponse
-
 from monailabel.endpoints import infer as ml_infer
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import remove_file

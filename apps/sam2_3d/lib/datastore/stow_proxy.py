@@ -25,12 +25,11 @@ import pydicom
 import requests
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.routing import APIRoute
-from requests_toolbelt.multipart.decoder import MultipartDecoder
-from starlette.concurrency import run_in_threadpool
-
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
+from requests_toolbelt.multipart.decoder import MultipartDecoder
+from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger(__name__)
 

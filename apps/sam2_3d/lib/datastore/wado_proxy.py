@@ -19,7 +19,6 @@ import logging
 import requests
 from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
-
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from .errors import ImageNotFound, PromptError, UnreadableImage, WrongDimensions
+
+if TYPE_CHECKING:  # only named in annotations: SimpleITK itself is imported lazily (_sitk)
+    import SimpleITK as sitk
 
 
 def _sitk():

@@ -20,9 +20,8 @@ import threading
 from collections import OrderedDict
 from contextlib import nullcontext
 
-import torch
-
 import sam2.sam2_video_predictor as sam2_video_predictor_module
+import torch
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 

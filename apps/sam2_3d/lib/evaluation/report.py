@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import shlex
 
 import numpy as np
 
@@ -122,7 +121,7 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
         f"- labels: {', '.join(config['labels'])}; protocols: {', '.join(config['protocols'])}",
         f"- this project's `mask`/`clicks` propagate over **{config['range']}**, its `box` over the object's z-range; "
         "the papers' protocols use their own ranges (the video for shen2024-*, the whole volume for medsam2-box)",
-        f"- z-crop before evaluation: "
+        "- z-crop before evaluation: "
         + (f"object z-range ± {config['z_margin']} slices" if config.get("z_margin") is not None else "none")
         + (f", at most {config['max_slices']} slices" if config.get("max_slices") else ""),
         f"- NSD tolerance {config['nsd_tolerance']} mm (MONAI and surfel NSD; the Shen et al. paper NSD uses "

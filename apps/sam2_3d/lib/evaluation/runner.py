@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import os
 import shutil
 import signal
 import tempfile

@@ -27,20 +27,19 @@ from typing import Callable
 
 import numpy as np
 from fastapi import HTTPException
-
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..engine import intensity
-from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
 from ..engine.compiled import compile_status
-from ..engine.torch_thread import ClientGone
+from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
 from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
+from ..engine.torch_thread import ClientGone
+from ..engine.weights import ensure_weights, weights_in_use, weights_served_next
 from .corner_box import with_corner_roi
 from .label_locks import locks_and_exclusions
 from .request_checks import check_infer_request
 from .work_caps import check_slice_count
-from ..engine.weights import ensure_weights, weights_in_use, weights_served_next
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,12 @@ from typing import Optional
 from fastapi import Depends, HTTPException
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
-from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
-
 from monailabel.config import settings
 from monailabel.endpoints.train import run_model
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from lib.engine import torch_thread
 from lib.engine.errors import EngineInputError

@@ -179,7 +179,7 @@ def train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[di
 
 def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[dict] | None, callbacks: list) -> dict:
     t_start = time.time()
-    parent = ensure_weights(engine)  # start from the weights the server uses now
+    ensure_weights(engine)  # start from the weights the server uses now
     parent_name = weights_in_use(engine)
     check_for_server(params, engine.image_size)
     pairs = D.datastore_pairs(datastore) if pairs is None else pairs

@@ -27,10 +27,9 @@ import requests
 from fastapi import Depends, HTTPException
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordRequestForm
-from starlette.concurrency import run_in_threadpool
-
 from monailabel.config import settings
 from monailabel.endpoints.user import auth as ml_auth
+from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger(__name__)
 

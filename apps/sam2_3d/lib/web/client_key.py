@@ -15,7 +15,6 @@ import secrets
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-
 from monailabel.config import settings
 
 COOKIE = "sam2_3d_client"

@@ -23,11 +23,10 @@ import tempfile
 from urllib.parse import urlsplit
 
 from fastapi.routing import APIRoute, iter_route_contexts
+from monailabel.config import settings
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import compile_path
-
-from monailabel.config import settings
 
 from . import routes_table, wrapped
 from .guard import cors_origins

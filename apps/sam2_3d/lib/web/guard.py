@@ -29,9 +29,6 @@ from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
-
 from monailabel.config import settings
 from monailabel.endpoints import datastore as ml_datastore
 from monailabel.endpoints import infer as ml_infer
@@ -39,14 +36,15 @@ from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 from monailabel.interfaces.utils.app import app_instance
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 
 from ..datastore.label_checks import label_extension, refuse_empty_upload
 from ..datastore.names import check_name
 from ..engine import torch_thread
-from . import client_gone
 from ..engine.errors import EngineInputError, ImageNotFound
 from ..infers.request_checks import check_http_infer, parse_params
-from . import client_key
+from . import client_gone, client_key
 
 logger = logging.getLogger(__name__)
 

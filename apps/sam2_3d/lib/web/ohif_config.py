@@ -24,11 +24,10 @@ from urllib.parse import urlparse
 from fastapi import Depends, Request
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
-
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
+from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger(__name__)
 

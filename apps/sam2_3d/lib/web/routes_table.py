@@ -52,7 +52,7 @@ ROUTES: list[Route] = [
     # -- datastore --
     Route(("GET",), "/datastore/", SLICER, "user", "`output` one of all/stats/train (422)"),
     Route(("PUT",), "/datastore/", SLICER, "annotator", f"upload image: {NAMES}; params a JSON object (lib/web/guard.py)"),
-    Route(("PUT",), "/datastore/image", README, "annotator", f"as PUT /datastore/ (lib/web/guard.py)"),
+    Route(("PUT",), "/datastore/image", README, "annotator", "as PUT /datastore/ (lib/web/guard.py)"),
     Route(("GET", "HEAD"), "/datastore/image", SLICER, "user", f"{NAMES} (lib/datastore/history.py)"),
     Route(("DELETE",), "/datastore/image", README, "admin", f"{NAMES} (lib/datastore/history.py)"),
     Route(("GET",), "/datastore/image/info", README, "user", f"{NAMES}; no `path` in the answer"),

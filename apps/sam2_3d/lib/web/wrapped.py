@@ -7,7 +7,6 @@ endpoint function does the work.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import List, Optional
@@ -15,8 +14,6 @@ from typing import List, Optional
 import requests
 from fastapi import BackgroundTasks, Depends, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
-
 from monailabel.config import settings
 from monailabel.endpoints import activelearning as ml_activelearning
 from monailabel.endpoints import datastore as ml_datastore
@@ -25,6 +22,7 @@ from monailabel.endpoints import session as ml_session
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import get_mime_type
+from starlette.concurrency import run_in_threadpool
 
 from ..datastore.names import check_name
 from ..engine.errors import EngineInputError
