@@ -44,7 +44,11 @@ def _check(request: dict) -> None:
         check_for_server(parse(request), app.model_config.engine.image_size)
     except TrainParamError as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
-    if not app.datastore().get_labeled_images():  # ids only: nothing is downloaded from a DICOMweb store
+    store = app.datastore()
+    # what training reads: a local store's datalist (it leaves out pairs linking outside the folder); a
+    # DICOMweb store's labelled ids only, so that nothing is downloaded here
+    dicomweb = app.studies.startswith(("http://", "https://"))
+    if not (store.get_labeled_images() if dicomweb else store.datalist()):
         raise HTTPException(status_code=409, detail="no image in the datastore has a final label: save labels "
                                                     "(PUT /datastore/label?tag=final) before training")
 
