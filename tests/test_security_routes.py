@@ -65,10 +65,12 @@ import monailabel.app as web
 from fastapi.routing import APIRoute, iter_route_contexts
 from monailabel.endpoints.user.auth import RBAC
 from lib.web import guard, gate
-from lib.datastore import wado_proxy
+from lib.datastore import stow_proxy, wado_proxy
 from lib.trainers import endpoint
+from lib.web import ohif_config
 # the installers Sam2App.on_init_complete runs, in its order (wado_proxy: DICOMweb datastores)
-guard.install(web.app); wado_proxy.install(web.app); endpoint.install(web.app); gate.install(web.app)
+guard.install(web.app); wado_proxy.install(web.app); stow_proxy.install(web.app); endpoint.install(web.app)
+ohif_config.install(web.app); gate.install(web.app)
 roles = {}
 for ctx in iter_route_contexts(web.app.router.routes):
     route = ctx.original_route
