@@ -31,7 +31,8 @@ import zlib
 
 import numpy as np
 
-from ..engine.errors import EngineInputError, InvalidLabel, UnknownOption, UnreadableImage
+from ..engine.errors import EngineInputError, InvalidLabel, UnreadableImage
+from ..engine.options import option
 
 DEFAULT_MAX_VOLUME_GB = 2.0
 MAX_VOLUME_BYTES = int(DEFAULT_MAX_VOLUME_GB * 2**30)
@@ -54,14 +55,7 @@ class VolumeTooLarge(EngineInputError):
 def configure(conf: dict) -> None:
     """``--conf max_volume_gb`` (default 2): the most bytes one volume's voxels may declare."""
     global MAX_VOLUME_BYTES
-    value = conf.get("max_volume_gb", DEFAULT_MAX_VOLUME_GB)
-    try:
-        gb = float(value)
-    except (TypeError, ValueError):
-        gb = float("nan")
-    if not gb > 0:
-        raise UnknownOption(f"--conf max_volume_gb must be a number > 0, got {value!r}")
-    MAX_VOLUME_BYTES = int(gb * 2**30)
+    MAX_VOLUME_BYTES = int(option(conf, "max_volume_gb", DEFAULT_MAX_VOLUME_GB) * 2**30)
 
 
 def _detached(what: str, fmt: str) -> DetachedData:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
-from ..engine.errors import EngineInputError, UnknownOption
+from ..engine.errors import EngineInputError
+from ..engine.options import option
 from . import header_checks
 
 logger = logging.getLogger(__name__)
@@ -39,13 +40,7 @@ def folder_bytes(folder: str) -> int:
 
 def bound(sessions, conf: dict) -> None:
     """Wrap ``sessions.add_session`` (monailabel's ``Sessions``) with the checks above."""
-    value = conf.get("max_session_disk_gb", DEFAULT_MAX_SESSION_DISK_GB)
-    try:
-        limit = int(float(value) * 2**30)
-    except (TypeError, ValueError):
-        limit = -1
-    if limit <= 0:
-        raise UnknownOption(f"--conf max_session_disk_gb must be a number > 0, got {value!r}")
+    limit = int(option(conf, "max_session_disk_gb", DEFAULT_MAX_SESSION_DISK_GB) * 2**30)
     add_session = sessions.add_session
 
     def add_bounded(data_file: str, expiry: int = 0, uncompress: bool = False, *args, **kwargs):

@@ -116,6 +116,13 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+def option(conf: dict, key: str, default):
+    """``--conf key`` read by its one rule above (what :func:`check_conf` accepts), ``default`` when absent."""
+    if key not in conf:
+        return default
+    return check_conf({key: conf[key]})[key]
+
+
 def check_conf(conf: dict) -> dict:
     """Every key known and every value accepted, or ``UnknownOption`` naming the first that is not."""
     parsed = {}

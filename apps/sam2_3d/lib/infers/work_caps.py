@@ -9,7 +9,8 @@ together) and ``--conf max_slices`` (default 2048: slices one propagation may co
 
 from __future__ import annotations
 
-from ..engine.errors import BadRequestValue, UnknownOption
+from ..engine.errors import BadRequestValue
+from ..engine.options import option
 
 DEFAULTS = {"max_clicks": 1000, "max_slices": 2048}
 MAX_CLICKS = DEFAULTS["max_clicks"]
@@ -18,16 +19,7 @@ MAX_SLICES = DEFAULTS["max_slices"]
 
 def configure(conf: dict) -> None:
     global MAX_CLICKS, MAX_SLICES
-    values = {}
-    for key, default in DEFAULTS.items():
-        value = conf.get(key, default)
-        try:
-            values[key] = int(value)
-        except (TypeError, ValueError):
-            values[key] = 0
-        if values[key] < 1:
-            raise UnknownOption(f"--conf {key} must be an integer >= 1, got {value!r}")
-    MAX_CLICKS, MAX_SLICES = values["max_clicks"], values["max_slices"]
+    MAX_CLICKS, MAX_SLICES = (option(conf, key, default) for key, default in DEFAULTS.items())
 
 
 def check_click_count(request: dict) -> None:

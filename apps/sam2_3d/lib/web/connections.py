@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from ..engine.errors import UnknownOption
+from ..engine.options import option
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +74,7 @@ def _patch(cls) -> None:
 
 def install(conf: dict) -> None:
     global HEADER_TIMEOUT_S
-    value = conf.get("header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
-    try:
-        HEADER_TIMEOUT_S = float(value)
-    except (TypeError, ValueError):
-        HEADER_TIMEOUT_S = -1.0
-    if not HEADER_TIMEOUT_S > 0:
-        raise UnknownOption(f"--conf header_timeout_s must be a number > 0, got {value!r}")
+    HEADER_TIMEOUT_S = option(conf, "header_timeout_s", DEFAULT_HEADER_TIMEOUT_S)
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     _patch(H11Protocol)
