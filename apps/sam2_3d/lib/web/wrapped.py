@@ -172,22 +172,21 @@ def _dicomweb() -> bool:
     return settings.MONAI_LABEL_STUDIES.startswith(("http://", "https://"))
 
 
-async def proxy_qido(path: str, request: Request, user: User = Depends(USER)):
+async def _proxy(op: str, path: str, request: Request):
     if not _dicomweb():
         raise _bad("no DICOMweb datastore: the DICOMweb proxy serves a server started on a PACS URL", 404)
     try:
-        return await ml_proxy.proxy_dicom(request, "qido", path)
+        return await ml_proxy.proxy_dicom(request, op, path)
     except requests.RequestException as e:
         raise _bad(f"the PACS did not answer: {type(e).__name__}", 502) from e
+
+
+async def proxy_qido(path: str, request: Request, user: User = Depends(USER)):
+    return await _proxy("qido", path, request)
 
 
 async def proxy_wado(path: str, request: Request, user: User = Depends(USER)):
-    if not _dicomweb():
-        raise _bad("no DICOMweb datastore: the DICOMweb proxy serves a server started on a PACS URL", 404)
-    try:
-        return await ml_proxy.proxy_dicom(request, "wado", path)
-    except requests.RequestException as e:
-        raise _bad(f"the PACS did not answer: {type(e).__name__}", 502) from e
+    return await _proxy("wado", path, request)
 
 
 ROUTES = [
