@@ -72,6 +72,18 @@ def engine():
     )
 
 
+@pytest.fixture(scope="session")
+def engine128():
+    """One SAM 2.1-tiny engine (RANDOM WEIGHTS) at 128 px, shared by the evaluation protocol tests."""
+    import torch
+
+    from lib.engine.build import engine_from_conf
+
+    torch.manual_seed(0)
+    return engine_from_conf({"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true", "image_size": "128",
+                             "device": "cpu"})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

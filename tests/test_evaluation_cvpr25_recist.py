@@ -10,21 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy.integrate import trapezoid
 
 from lib.engine.intensity import IntensityPreset
 from lib.evaluation import metrics, protocols
 from lib.evaluation import prompts as P
-
-
-@pytest.fixture(scope="module")
-def engine128():
-    from lib.engine.build import engine_from_conf
-
-    torch.manual_seed(0)
-    return engine_from_conf({"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true", "image_size": "128",
-                             "device": "cpu"})
 
 
 def _blob(k=6, h=40, w=36):

@@ -14,21 +14,11 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lib.engine.intensity import CT_WINDOWS, IntensityPreset, to_uint8
 from lib.evaluation import case_task, datasets, metrics, protocols, reference_frames, reference_runs, report
 from lib.evaluation import prompts as P
-
-
-@pytest.fixture(scope="module")
-def engine128():
-    from lib.engine.build import engine_from_conf
-
-    torch.manual_seed(0)
-    return engine_from_conf({"checkpoint": "sam2.1_hiera_tiny", "random_weights": "true", "image_size": "128",
-                             "device": "cpu"})
 
 
 def _ellipsoid(k=9, h=48, w=44):
