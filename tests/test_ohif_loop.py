@@ -29,33 +29,15 @@ import time
 import pydicom
 import pytest
 import requests
-from conftest import REPO, Server, shared
-from support import orthanc as orthanc_support
+from conftest import REPO
+from support.ohif import CHROMIUM, FLAGS, SERIES_UID, STUDY_UID, orthanc_and_server
 
-STUDY_UID = "1.2.826.0.1.3680043.8.498.12198003171701915436914695260859955559"
-SERIES_UID = "1.2.826.0.1.3680043.8.498.97006710487569071056074638989990160491"
-CHROMIUM = os.environ.get("SAM2_3D_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 ARTIFACTS = os.path.join(REPO, "test-artifacts", "ohif-loop")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    why = orthanc_support.available()
-    if why:
-        pytest.skip(why)
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (run scripts/setup_system.sh: Debian package 'chromium')")
-    pytest.importorskip("playwright", reason="playwright (Python) is not installed: pip install -r requirements-test.txt")
-    o = orthanc_support.Orthanc(str(tmp_path_factory.mktemp("loop_orthanc")))
-    status = o.upload_series_with_sop_class(shared("totalseg_ct_dicom", "dicom_uids"))
-    assert [s for _, s, _ in status] == [200] * 20, status
-    work = tmp_path_factory.mktemp("loop_server")
-    srv = Server(o.dicomweb, str(work), env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache")})
-    yield o, srv
-    srv.stop()
-    o.stop()
+    yield from orthanc_and_server(tmp_path_factory, "loop")
 
 
 class Steps:
