@@ -127,10 +127,6 @@ class WeightsManager:
         ident = base_identity(self.engine)
         return [v for v in list_versions(self.root) if v.get("base") == ident]
 
-    def wanted_name(self) -> str:
-        version = self.wanted()
-        return f"finetuned/{version['name']}" if version else BASE
-
     def set_pin(self, name: str) -> str:
         """Roll back or forward: ``base``, ``newest`` (follow new versions) or a version name; kept on disk."""
         name = (name or "").strip()
