@@ -44,14 +44,11 @@ def from_ohif(request: Request) -> bool:
     return urlparse(referer).path.startswith(settings.MONAI_LABEL_API_STR + "/ohif/")
 
 
-def served_weights(models: dict) -> str:
+def served_weights() -> str:
     """e.g. ``sam2.1_hiera_tiny, fine-tuned v0002`` or ``sam2.1_hiera_tiny, RANDOM WEIGHTS (untrained: ...)``."""
     from ..engine.weights import weights_in_use
 
-    task = next((t for t in app_instance()._infers.values() if getattr(t, "engine", None) is not None), None)
-    if task is None:
-        return ""
-    engine = task.engine
+    engine = app_instance().model_config.engine
     text = str(engine.checkpoint_name)
     weights = weights_in_use(engine)
     if weights != "base":
@@ -67,9 +64,7 @@ async def info(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_
         return meta
     meta = dict(meta)
     meta["models"] = {k: v for k, v in meta["models"].items() if k not in NOT_FOR_OHIF}
-    weights = served_weights(meta["models"])
-    if weights:
-        meta["name"] = f"{meta['name']}: {weights}"
+    meta["name"] = f"{meta['name']}: {served_weights()}"
     return meta
 
 
