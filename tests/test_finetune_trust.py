@@ -19,12 +19,15 @@ from conftest import shared
 
 TRAIN_SIZE = 128
 
-PAIRS = [
-    {"image_id": "spinalcord", "image": shared("spinalcord_t2", "image.nii.gz"),
-     "label": shared("spinalcord_t2", "label.nii.gz"), "split": "train"},
-    {"image_id": "brain", "image": shared("pyradiomics_brain", "image.nrrd"),
-     "label": shared("pyradiomics_brain", "label.nrrd"), "split": "validation"},
-]
+@pytest.fixture
+def pairs():
+    """Two labelled images (read at test time: without ../shared these tests skip, saying why)."""
+    return [
+        {"image_id": "spinalcord", "image": shared("spinalcord_t2", "image.nii.gz"),
+         "label": shared("spinalcord_t2", "label.nii.gz"), "split": "train"},
+        {"image_id": "brain", "image": shared("pyradiomics_brain", "image.nrrd"),
+         "label": shared("pyradiomics_brain", "label.nrrd"), "split": "validation"},
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +73,13 @@ def _params(**kw):
                   "prompt_types": "box,click", "objects": "any", "correction_clicks": 1, **kw})
 
 
-def test_fit_trains_in_train_mode_keeps_the_best_and_checkpoints_only_trained_parameters(train_engine, tmp_path):
+def test_fit_trains_in_train_mode_keeps_the_best_and_checkpoints_only_trained_parameters(train_engine, pairs, tmp_path):
     from lib.training.module import trainable_names
     from lib.training.run import read_progress, train
 
     probe = ModeAndCheckpointProbe()
     result = train(train_engine, None, _params(learning_rate=1e-3, keep_only_if_better=False), str(tmp_path),
-                   pairs=[dict(p) for p in PAIRS], callbacks=[probe])
+                   pairs=[dict(p) for p in pairs], callbacks=[probe])
 
     # SAM 2's training state during fit: trained parts (and their dropout) train, the frozen encoder is eval
     assert len(probe.modes) == 2, probe.modes
@@ -107,7 +110,7 @@ def test_fit_trains_in_train_mode_keeps_the_best_and_checkpoints_only_trained_pa
     assert stats["status"] == "DONE" and stats["version"] == os.path.basename(vdir) and stats["reason"], stats
 
 
-def test_a_run_that_gains_nothing_writes_no_version_and_says_so(train_engine, tmp_path):
+def test_a_run_that_gains_nothing_writes_no_version_and_says_so(train_engine, pairs, tmp_path):
     """A learning rate of 1e-9 cannot change a prediction: validation Dice equals the starting weights',
     which is not better, so no version is written and the engine keeps its weights exactly."""
     from lib.engine.weights import list_versions, versions_root
@@ -115,7 +118,7 @@ def test_a_run_that_gains_nothing_writes_no_version_and_says_so(train_engine, tm
 
     before = {k: v.clone() for k, v in train_engine.predictor.state_dict().items()}
     result = train(train_engine, None, _params(learning_rate=1e-9, epochs=1), str(tmp_path),
-                   pairs=[dict(p) for p in PAIRS])
+                   pairs=[dict(p) for p in pairs])
     assert result["version"] is None and "not better than the starting weights" in result["reason"], result
     assert list_versions(versions_root(str(tmp_path))) == []
     stats = read_progress(str(tmp_path))
