@@ -165,7 +165,10 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             with page.expect_response(lambda r: "/infer/sam2_box" in r.url, timeout=600_000) as good:
                 run.click()
                 _wait_text(page, "SAM 2 running", 10_000)
-                time.sleep(0.6)  # the toast slides in
+                try:  # for the screenshot: the counter past 0 s, unless the answer comes first
+                    page.wait_for_function("/running.*: [1-9][0-9]* s|done in/.test(document.body.innerText)", timeout=5_000)
+                except Exception:  # noqa: BLE001 - playwright's TimeoutError: the toast still says 0 s
+                    pass
                 steps.shot("box-running")
             seconds = time.time() - t0
             response = good.value
@@ -222,8 +225,8 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             x, y = box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.47  # inside the body, left
             page.mouse.move(x, y)
             page.mouse.down()
-            for d in range(0, 60, 3):
-                page.mouse.move(x + d, y + d / 2)
+            for d in range(0, 100, 4):
+                page.mouse.move(x + d, y + d / 4)
             page.mouse.up()
             time.sleep(1)
             stroke = _changed(before, views[0].screenshot())
@@ -247,6 +250,8 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
     corrected, names = _seg_on_series(pacs, second)
     assert names == {1: "object"}, names
     assert corrected.sum() > pushed.sum() and np.all(corrected[pushed > 0] > 0), "the brush added voxels, kept the rest"
+    print(f"box answered in {seconds:.1f} s; first SEG {int((pushed > 0).sum())} voxels, after the brush "
+          f"{int((corrected > 0).sum())}")
     stats = requests.get(f"{srv.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["completed"] == 1 and stats["total"] == 1, stats
     final = requests.get(f"{srv.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"][SERIES_UID]["labels"]["final"]
