@@ -15,8 +15,8 @@ from a run of this test):
  5. a bad request (a third click: no box) is answered 400 and the server's reason is on screen;
  6. Save label (the extension's toolbar button): Orthanc holds a DICOM SEG referencing the series, segment
     named "object", voxel-equal to the /infer answer of step 4; /datastore/ lists it as the final label;
- 7. correction with the extension's Brush, Save label again: a second SEG, which is now the final label
-    (the first kept as `replaces`), holding the brushed voxels on top of the first.
+ 7. correction with the extension's Brush and Eraser, Save label again: a second SEG, which is now the
+    final label (the first kept as `replaces`), with the brushed voxels added and the erased ones gone.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
                 run.click()
                 _wait_text(page, "SAM 2 running", 10_000)
                 try:  # for the screenshot: the counter past 0 s, unless the answer comes first
-                    page.wait_for_function("/running.*: [1-9][0-9]* s|done in/.test(document.body.innerText)", timeout=5_000)
+                    page.wait_for_function(r"/running[\s\S]*: [1-9][0-9]* s|done in/.test(document.body.innerText)", timeout=5_000)
                 except Exception:  # noqa: BLE001 - playwright's TimeoutError: the toast still says 0 s
                     pass
                 steps.shot("box-running")
@@ -218,19 +218,15 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             assert names == {1: "object"}, names
             assert np.array_equal(pushed > 0, box_mask > 0), (int((pushed > 0).sum()), int((box_mask > 0).sum()))
 
-            # 7. correct with the brush and save again: the new SEG replaces the first as the final label
-            page.locator("[data-cy=Sam2Brush]").click()
-            before = views[0].screenshot()
-            box = views[0].bounding_box()
-            x, y = box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.47  # inside the body, left
-            page.mouse.move(x, y)
-            page.mouse.down()
-            for d in range(0, 100, 4):
-                page.mouse.move(x + d, y + d / 4)
-            page.mouse.up()
-            time.sleep(1)
-            stroke = _changed(before, views[0].screenshot())
-            assert stroke >= 500, f"the brush stroke is drawn ({stroke} pixels changed)"
+            # 7. correct with the brush and the eraser, save again: the new SEG replaces the first as the final label
+            # (the error notice stays 20 s, long enough to read; the screenshot is taken after it)
+            page.wait_for_function("!document.body.innerText.includes('refused (HTTP 400)')", timeout=30_000)
+            for tool, fx, fy in (("Sam2Brush", 0.25, 0.47), ("Sam2Eraser", 0.50, 0.44)):
+                page.locator(f"[data-cy={tool}]").click()
+                before = views[0].screenshot()
+                _stroke(page, views[0], fx, fy)
+                changed = _changed(before, views[0].screenshot())
+                assert changed >= 500, f"the {tool} stroke is drawn ({changed} pixels changed)"
             steps.shot("brush-correction")
             with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
                 page.locator("[data-cy=Sam2SaveLabel]").click()
@@ -249,14 +245,27 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
     assert sorted(s["0020000E"]["Value"][0] for s in pacs.series("SEG")) == sorted([first, second])
     corrected, names = _seg_on_series(pacs, second)
     assert names == {1: "object"}, names
-    assert corrected.sum() > pushed.sum() and np.all(corrected[pushed > 0] > 0), "the brush added voxels, kept the rest"
-    print(f"box answered in {seconds:.1f} s; first SEG {int((pushed > 0).sum())} voxels, after the brush "
-          f"{int((corrected > 0).sum())}")
+    added, removed = int(((corrected > 0) & (pushed == 0)).sum()), int(((pushed > 0) & (corrected == 0)).sum())
+    assert added and removed, "the brush added voxels, the eraser removed some"
+    print(f"box answered in {seconds:.1f} s; first SEG {int((pushed > 0).sum())} voxels; the correction added "
+          f"{added}, removed {removed}")
     stats = requests.get(f"{srv.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["completed"] == 1 and stats["total"] == 1, stats
     final = requests.get(f"{srv.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"][SERIES_UID]["labels"]["final"]
     assert final["info"]["SeriesInstanceUID"] == second and final["info"]["replaces"], final["info"]
     assert requests.post(f"{srv.url}/activelearning/first", json={"client_id": "x"}, timeout=60).json() == {}
+
+
+def _stroke(page, view, fx: float, fy: float) -> None:
+    """A 100-pixel drag to the right starting at (fx, fy) of the view."""
+    box = view.bounding_box()
+    x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for d in range(0, 100, 4):
+        page.mouse.move(x + d, y + d / 4)
+    page.mouse.up()
+    time.sleep(1)
 
 
 def _final_seg(pacs, srv) -> str:

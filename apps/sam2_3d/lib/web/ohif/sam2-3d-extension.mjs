@@ -190,7 +190,7 @@ async function saveLabel({ servicesManager }) {
       title: 'Label saved',
       message: `final label of series ${image} saved (${Object.values(names).join(', ') || 'no segment'}); on a PACS it is stored as a DICOM SEG`,
       type: 'success',
-      duration: 8000,
+      duration: 5000,
     });
   } catch (e) {
     uiNotificationService.hide(id);
