@@ -9,7 +9,8 @@ Steps, all in the MONAI Label mode (screenshots: test-artifacts/ohif-loop/, the 
 from a run of this test):
  1. connect: the panel names the served weights (RANDOM WEIGHTS here);
  2. Next Sample (active learning) proposes the series;
- 3. the models OHIF can drive: sam2_point, sam2_box, sam2_2d (not sam2_propagate);
+ 3. the models OHIF can drive: sam2_point, sam2_box, sam2_2d (not sam2_propagate); Save label with
+    nothing drawn yet is refused (422) with the server's reason on screen, and nothing is stored;
  4. a box: two clicks as the box's corners, Run: the extension's "SAM 2 running" toast counts the seconds,
     then "done in N s"; the request carries both clicks, is answered 200 and the mask is drawn;
  5. a bad request (a third click: no box) is answered 400 and the server's reason is on screen;
@@ -152,6 +153,12 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             run = select.locator("xpath=ancestor::table[1]").locator("button", has_text="Run")
             views = _viewports(page)[:3]
             assert len(views) == 3, "the MONAI Label mode shows three viewports"
+            # Save before any mask: the server refuses an empty final label (422) and says why, on screen
+            with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=60_000) as empty:
+                page.locator("[data-cy=Sam2SaveLabel]").click()
+            assert empty.value.status == 422 and "empty" in empty.value.json()["detail"], empty.value.text()
+            _wait_text(page, "refused (HTTP 422)")
+            _wait_text(page, empty.value.json()["detail"])
 
             # 4. a box: two clicks are the box's corners; Run shows the extension's running toast, then the mask
             select.select_option("sam2_box")
@@ -204,6 +211,7 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             steps.shot("error-shown")
             assert _server_line(srv, "/infer/sam2_box", "400"), "the server log has the refused request's line"
 
+            assert not pacs.series("SEG"), "the refused empty save stored nothing"
             # 6. save: the SAM 2 mask the panel drew goes to the PACS as a SEG and becomes the final label
             with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
                 page.locator("[data-cy=Sam2SaveLabel]").click()
@@ -211,6 +219,8 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             assert saved.value.request.method == "PUT" and f"image={SERIES_UID}" in saved.value.url
             assert "tag=final" in saved.value.url
             _wait_text(page, "Label saved")
+            # the error notice (20 s, to be read) went away with the user's next action
+            page.wait_for_function("!document.body.innerText.includes('refused (HTTP 400)')", timeout=5_000)
             time.sleep(1)  # the "saving" toast slides out
             steps.shot("saved")
             first = _final_seg(pacs, srv)
@@ -219,8 +229,6 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             assert np.array_equal(pushed > 0, box_mask > 0), (int((pushed > 0).sum()), int((box_mask > 0).sum()))
 
             # 7. correct with the brush and the eraser, save again: the new SEG replaces the first as the final label
-            # (the error notice stays 20 s, long enough to read; the screenshot is taken after it)
-            page.wait_for_function("!document.body.innerText.includes('refused (HTTP 400)')", timeout=30_000)
             for tool, fx, fy in (("Sam2Brush", 0.25, 0.47), ("Sam2Eraser", 0.50, 0.44)):
                 page.locator(f"[data-cy={tool}]").click()
                 before = views[0].screenshot()

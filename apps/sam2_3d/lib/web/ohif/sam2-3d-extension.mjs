@@ -18,6 +18,17 @@ const SEGMENTATION_ID = '1'; // the MONAI Label panel draws every result into se
 
 let notifications = null; // uiNotificationService, set in preRegistration
 let runs = 0;
+let lastError = null; // an error notice stays 20 s to be read; the user's next action takes it away
+
+function showError(title, message) {
+  clearError();
+  lastError = notifications.show({ title, message, type: 'error', duration: 20000 });
+}
+
+function clearError() {
+  if (lastError !== null) notifications.hide(lastError);
+  lastError = null;
+}
 
 function isInfer(url) {
   return url.origin === API.origin && url.pathname.startsWith(API.pathname + 'infer/');
@@ -40,6 +51,7 @@ export function detailOf(body) {
 
 function watchInference(xhr, url) {
   const model = decodeURIComponent(url.pathname.slice(API.pathname.length + 'infer/'.length));
+  clearError();
   const run = ++runs;
   const t0 = performance.now();
   const text = () => `${model} (run ${run}): ${Math.round((performance.now() - t0) / 1000)} s`;
@@ -67,15 +79,10 @@ function watchInference(xhr, url) {
     if (xhr.status === 200) {
       notifications.show({ title: 'SAM 2 done', message: `${model} (run ${run}): done in ${seconds} s`, type: 'success', duration: 5000 });
     } else if (xhr.status === 0) {
-      notifications.show({ title: `SAM 2: ${model} failed`, message: `no answer from the server after ${seconds} s`, type: 'error', duration: 15000 });
+      showError(`SAM 2: ${model} failed`, `no answer from the server after ${seconds} s`);
     } else {
       const body = xhr.responseType === '' || xhr.responseType === 'text' ? xhr.responseText : xhr.response;
-      notifications.show({
-        title: `SAM 2: ${model} refused (HTTP ${xhr.status})`,
-        message: detailOf(body),
-        type: 'error',
-        duration: 20000,
-      });
+      showError(`SAM 2: ${model} refused (HTTP ${xhr.status})`, detailOf(body));
     }
   });
 }
@@ -155,7 +162,8 @@ async function gzip(bytes) {
 
 async function saveLabel({ servicesManager }) {
   const { segmentationService, viewportGridService, displaySetService, uiNotificationService } = servicesManager.services;
-  const fail = message => uiNotificationService.show({ title: 'Save label', message, type: 'error', duration: 15000 });
+  const fail = message => showError('Save label', message);
+  clearError();
   const { viewports, activeViewportId } = viewportGridService.getState();
   const viewport = viewports.get(activeViewportId);
   const displaySet = viewport && displaySetService.getDisplaySetByUID(viewport.displaySetInstanceUIDs[0]);
