@@ -177,6 +177,14 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             assert empty.value.status == 422 and "empty" in empty.value.json()["detail"], empty.value.text()
             _wait_text(page, "refused (HTTP 422)")
             _wait_text(page, empty.value.json()["detail"])
+            # Undo before any Run: nothing of the panel's to step back, said on screen, no request sent
+            sent: list[str] = []
+            record = lambda r: sent.append(r.url) if "/infer/" in r.url else None  # noqa: E731
+            page.on("request", record)
+            page.locator("[data-cy=Sam2Undo]").click()
+            _wait_text(page, "nothing to undo yet: run a model from the MONAI Label panel first")
+            page.remove_listener("request", record)
+            assert not sent, sent
 
             # 4. a box: two clicks are the box's corners; Run shows the extension's running toast, then the mask
             select.select_option("sam2_box")

@@ -129,12 +129,13 @@ function rememberPanelRun(xhr, url, body) {
   }
   xhr.addEventListener('loadend', () => {
     if (xhr.status !== 200) return; // a refused request changed nothing on the server either
-    const points = [...(params.foreground || []), ...(params.background || [])];
+    const fg = params.foreground || [];
+    const points = fg.length ? fg : params.background || [];
     lastRun = {
       model: decodeURIComponent(url.pathname.slice(API.pathname.length + 'infer/'.length)),
       image: url.searchParams.get('image'),
       label: typeof params.label === 'string' ? params.label : null,
-      // sam2_2d: the panel draws its answer on the last click's slice only
+      // sam2_2d: the panel draws its answer on the last foreground click's slice only (else background's)
       slice: points.length ? points[points.length - 1][2] : null,
     };
   });
