@@ -14,14 +14,18 @@ from a run of this test):
  4. a box: two clicks as the box's corners, Run: the extension's "SAM 2 running" toast counts the seconds,
     then "done in N s"; the request carries both clicks, is answered 200 and the mask is drawn;
  5. a bad request (a third click: no box) is answered 400 and the server's reason is on screen;
- 6. Save label (the extension's toolbar button): Orthanc holds a DICOM SEG referencing the series, segment
+ 6. Undo and Redo (the extension's toolbar buttons): the server's session steps back (the box was the label's
+    only prompt action: the labelmap OHIF shows is then empty), a second Undo is refused with the server's
+    reason on screen, Redo brings the box's answer back, voxel-equal to step 4's;
+ 7. Save label (the extension's toolbar button): Orthanc holds a DICOM SEG referencing the series, segment
     named "object", voxel-equal to the /infer answer of step 4; /datastore/ lists it as the final label;
- 7. correction with the extension's Brush and Eraser, Save label again: a second SEG, which is now the
+ 8. correction with the extension's Brush and Eraser, Save label again: a second SEG, which is now the
     final label (the first kept as `replaces`), with the brushed voxels added and the erased ones gone.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -101,6 +105,20 @@ def _params(request) -> dict:
     return json.loads(request.post_data.split("\r\n\r\n", 1)[1].split("\r\n--", 1)[0])
 
 
+def _labelmap(page) -> np.ndarray:
+    """Which voxels of the labelmap OHIF shows (segmentation '1', the panel's) are labelled: a flat bool array,
+    in the voxel order of the NRRD the panel copies into it (bits packed in the page: millions of voxels)."""
+    packed = page.evaluate("""() => {
+      const a = window.services.segmentationService.getLabelmapVolume('1').voxelManager.getCompleteScalarDataArray();
+      const bits = new Uint8Array(Math.ceil(a.length / 8));
+      for (let i = 0; i < a.length; i++) if (a[i]) bits[i >> 3] |= 128 >> (i & 7);
+      let text = '';
+      for (let i = 0; i < bits.length; i += 32768) text += String.fromCharCode(...bits.subarray(i, i + 32768));
+      return [a.length, btoa(text)];
+    }""")
+    return np.unpackbits(np.frombuffer(base64.b64decode(packed[1]), dtype=np.uint8))[: packed[0]].astype(bool)
+
+
 def _wait_text(page, text: str, timeout_ms: int = 60_000) -> None:
     page.wait_for_function(f"document.body.innerText.includes({json.dumps(text)})", timeout=timeout_ms)
 
@@ -159,6 +177,14 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             assert empty.value.status == 422 and "empty" in empty.value.json()["detail"], empty.value.text()
             _wait_text(page, "refused (HTTP 422)")
             _wait_text(page, empty.value.json()["detail"])
+            # Undo before any Run: nothing of the panel's to step back, said on screen, no request sent
+            sent: list[str] = []
+            record = lambda r: sent.append(r.url) if "/infer/" in r.url else None  # noqa: E731
+            page.on("request", record)
+            page.locator("[data-cy=Sam2Undo]").click()
+            _wait_text(page, "nothing to undo yet: run a model from the MONAI Label panel first")
+            page.remove_listener("request", record)
+            assert not sent, sent
 
             # 4. a box: two clicks are the box's corners; Run shows the extension's running toast, then the mask
             select.select_option("sam2_box")
@@ -211,8 +237,36 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             steps.shot("error-shown")
             assert _server_line(srv, "/infer/sam2_box", "400"), "the server log has the refused request's line"
 
+            # 6. undo, redo: the box was the label's only prompt action (the refused third click changed nothing)
+            box_voxels = box_mask.ravel() > 0
+            assert box_voxels.any() and np.array_equal(_labelmap(page), box_voxels), "OHIF's labelmap is the box's answer"
+            t_undo = time.time()
+            with page.expect_response(lambda r: "/infer/sam2_box" in r.url, timeout=120_000) as undone:
+                page.locator("[data-cy=Sam2Undo]").click()
+            assert undone.value.status == 200, undone.value.text()
+            assert f"image={SERIES_UID}" in undone.value.url and _params(undone.value.request)["undo"] is True
+            _wait_text(page, "Undo done")
+            _wait_text(page, "0 undo and 1 redo steps left")
+            assert not _labelmap(page).any(), "after the undo, the labelmap OHIF shows is empty"
+            time.sleep(1)  # the running toast slides out
+            steps.shot("undo")
+            with page.expect_response(lambda r: "/infer/sam2_box" in r.url, timeout=120_000) as refused:
+                page.locator("[data-cy=Sam2Undo]").click()
+            assert refused.value.status == 400 and "nothing to undo" in refused.value.json()["detail"], refused.value.text()
+            _wait_text(page, "refused (HTTP 400)")
+            _wait_text(page, refused.value.json()["detail"])
+            with page.expect_response(lambda r: "/infer/sam2_box" in r.url, timeout=600_000) as redone:
+                page.locator("[data-cy=Sam2Redo]").click()
+            assert redone.value.status == 200, redone.value.text()
+            _wait_text(page, "Redo done")
+            _wait_text(page, "1 undo and 0 redo steps left")
+            assert np.array_equal(_labelmap(page), box_voxels), "after the redo, the labelmap is the box's answer again"
+            time.sleep(1)
+            steps.shot("redo")
+            undo_redo_seconds = time.time() - t_undo
+
             assert not pacs.series("SEG"), "the refused empty save stored nothing"
-            # 6. save: the SAM 2 mask the panel drew goes to the PACS as a SEG and becomes the final label
+            # 7. save: the SAM 2 mask the panel drew goes to the PACS as a SEG and becomes the final label
             with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
                 page.locator("[data-cy=Sam2SaveLabel]").click()
             assert saved.value.status == 200, saved.value.text()
@@ -228,7 +282,7 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             assert names == {1: "object"}, names
             assert np.array_equal(pushed > 0, box_mask > 0), (int((pushed > 0).sum()), int((box_mask > 0).sum()))
 
-            # 7. correct with the brush and the eraser, save again: the new SEG replaces the first as the final label
+            # 8. correct with the brush and the eraser, save again: the new SEG replaces the first as the final label
             for tool, fx, fy in (("Sam2Brush", 0.25, 0.47), ("Sam2Eraser", 0.50, 0.44)):
                 page.locator(f"[data-cy={tool}]").click()
                 before = views[0].screenshot()
@@ -255,7 +309,7 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
     assert names == {1: "object"}, names
     added, removed = int(((corrected > 0) & (pushed == 0)).sum()), int(((pushed > 0) & (corrected == 0)).sum())
     assert added and removed, "the brush added voxels, the eraser removed some"
-    print(f"box answered in {seconds:.1f} s; first SEG {int((pushed > 0).sum())} voxels; the correction added "
+    print(f"box answered in {seconds:.1f} s; undo, refused undo and redo walked in {undo_redo_seconds:.1f} s; first SEG {int((pushed > 0).sum())} voxels; the correction added "
           f"{added}, removed {removed}")
     stats = requests.get(f"{srv.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["completed"] == 1 and stats["total"] == 1, stats

@@ -2,7 +2,7 @@
 // (app-config.js lists this module's URL in `extensions`; the bundle's appInit imports it with
 // window.browserImportFunction and registers it like a built-in extension). No build step, no React.
 //
-// It closes three gaps of the MONAI Label mode (lib/web/ohif_config.py serves it):
+// It closes four gaps of the MONAI Label mode (lib/web/ohif_config.py serves it):
 // * Save: a toolbar button that stores the mode's labelmap (the SAM 2 result the panel drew, with the
 //   brush/eraser corrections) as the image's final label through PUT /datastore/label; on a DICOMweb
 //   datastore the server writes it to the PACS as a DICOM SEG with named segments.
@@ -10,6 +10,9 @@
 // * Progress and errors of /infer: the panel shows a fixed "Failed to Run Inference" text and a 4 s toast;
 //   here every /infer request of this server is observed (the panel's axios uses XMLHttpRequest) and a
 //   running toast counts the seconds, then says "done in N s" or shows the server's `detail`.
+// * Undo / Redo buttons: the panel cannot send the server's `undo`/`redo`; these step the server's session
+//   (the prompts are the truth there) back or forth for the model the panel last ran, and draw the answer
+//   into the labelmap as the panel draws its own answers.
 
 const ID = 'sam2-3d';
 // this file is served at <api>/ohif/sam2-3d/extension.mjs: the API root is two folders up
@@ -105,9 +108,128 @@ function observeInferRequests() {
     const req = this.__sam2;
     if (notifications && req && req.method === 'POST' && isInfer(req.url)) {
       watchInference(this, req.url);
+      if (!this.__sam2Own) rememberPanelRun(this, req.url, args[0]);
     }
     return send.apply(this, args);
   };
+}
+
+// --- undo / redo ---------------------------------------------------------------------------------
+
+// What the panel last asked and got a 200 for: undo/redo go to the same model, image and label.
+// The panel sends no `label`, so the server answered its first label; the undo request then does too.
+let lastRun = null;
+
+function rememberPanelRun(xhr, url, body) {
+  let params = {};
+  try {
+    params = JSON.parse(body instanceof FormData ? body.get('params') : '{}') || {};
+  } catch (e) {
+    params = {};
+  }
+  xhr.addEventListener('loadend', () => {
+    if (xhr.status !== 200) return; // a refused request changed nothing on the server either
+    const fg = params.foreground || [];
+    const points = fg.length ? fg : params.background || [];
+    lastRun = {
+      model: decodeURIComponent(url.pathname.slice(API.pathname.length + 'infer/'.length)),
+      image: url.searchParams.get('image'),
+      label: typeof params.label === 'string' ? params.label : null,
+      // sam2_2d: the panel draws its answer on the last foreground click's slice only (else background's)
+      slice: points.length ? points[points.length - 1][2] : null,
+    };
+  });
+}
+
+function postForm(url, form) {
+  return new Promise(resolve => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', url);
+    xhr.responseType = 'arraybuffer';
+    xhr.__sam2Own = true; // watched (progress, errors) but not remembered as the panel's run
+    xhr.addEventListener('loadend', () => resolve(xhr));
+    xhr.send(form);
+  });
+}
+
+// The raw uint8 NRRD the server writes for result_compress=false: header, blank line, voxels (i fastest).
+export function nrrdVoxels(bytes) {
+  for (let i = 0; i + 1 < bytes.length; i++) {
+    if (bytes[i] === 10 && bytes[i + 1] === 10) {
+      const header = new TextDecoder().decode(bytes.subarray(0, i));
+      const sizes = (header.match(/^sizes: (.*)$/m) || [, ''])[1].split(' ').map(Number);
+      return { sizes, voxels: bytes.subarray(i + 2) };
+    }
+  }
+  throw new Error('the answer is not an NRRD file');
+}
+
+// The server's answer drawn as the panel draws a point model's answer: voxels of the label's segment or of
+// no segment take the answer, other segments stay. Unlike the panel, an empty answer (the only prompt
+// undone) clears the label's segment. A 2D answer only touches the slices it concerns.
+export function drawAnswer(current, answer, segmentIndex, sliceLength = 0, slices = null) {
+  const out = new Uint8Array(current.length);
+  out.set(current);
+  const ranges = slices === null ? [[0, current.length]] : slices.map(k => [k * sliceLength, (k + 1) * sliceLength]);
+  for (const [begin, end] of ranges) {
+    for (let i = Math.max(0, begin); i < Math.min(end, current.length); i++) {
+      if (current[i] === 0 || current[i] === segmentIndex) out[i] = answer[i] ? segmentIndex : 0;
+    }
+  }
+  return out;
+}
+
+async function stepHistory(step, { servicesManager }) {
+  const title = step === 'undo' ? 'Undo' : 'Redo';
+  const fail = message => showError(title, message);
+  clearError();
+  if (!lastRun) {
+    return fail(`nothing to ${step} yet: run a model from the MONAI Label panel first (the server keeps the prompts of what the panel ran)`);
+  }
+  const { segmentationService } = servicesManager.services;
+  const volume = segmentationService.getLabelmapVolume(SEGMENTATION_ID);
+  if (!volume) return fail('no labelmap to draw into: run a model from the MONAI Label panel first');
+  const params = { [step]: true, result_extension: '.nrrd', result_dtype: 'uint8', result_compress: false, restore_label_idx: false };
+  if (lastRun.label) params.label = lastRun.label;
+  const form = new FormData();
+  form.append('params', JSON.stringify(params));
+  const url = new URL('infer/' + encodeURIComponent(lastRun.model), API);
+  url.searchParams.set('image', lastRun.image);
+  url.searchParams.set('output', 'all'); // the mask and the JSON (undo_available, redo_available) in one answer
+  const xhr = await postForm(url, form);
+  if (xhr.status !== 200) return; // the running toast's watcher shows the server's reason ("nothing to undo ...")
+  try {
+    const parts = await new Response(xhr.response, { headers: { 'content-type': xhr.getResponseHeader('content-type') } }).formData();
+    const answer = JSON.parse(parts.get('params'));
+    const { sizes, voxels } = nrrdVoxels(new Uint8Array(await parts.get('image').arrayBuffer()));
+    const scalars = volume.voxelManager.getCompleteScalarDataArray();
+    if (voxels.length !== scalars.length) {
+      return fail(`the answer has ${sizes.join('x')} voxels, the labelmap ${volume.dimensions.join('x')}: not drawn`);
+    }
+    const segmentation = segmentationService.getSegmentations().find(s => s.segmentationId === SEGMENTATION_ID);
+    const segments = Object.values(segmentation?.segments || segmentation?.config?.segments || {});
+    const segment = segments.find(s => s && s.label === answer.label);
+    if (!segment) return fail(`the labelmap has no segment named ${answer.label}: not drawn`);
+    let slices = null;
+    if (answer.model_kind === 'slice2d') {
+      slices = [...new Set([lastRun.slice, ...answer.prompted_slices].filter(k => k !== null && k !== undefined))];
+      lastRun.slice = answer.prompted_slices.length ? answer.prompted_slices[0] : lastRun.slice;
+    }
+    const sliceLength = volume.dimensions[0] * volume.dimensions[1];
+    volume.voxelManager.setCompleteScalarDataArray(drawAnswer(scalars, voxels, segment.segmentIndex, sliceLength, slices));
+    window.cornerstone.triggerEvent(window.cornerstone.eventTarget, window.cornerstoneTools.Enums.Events.SEGMENTATION_DATA_MODIFIED, {
+      segmentationId: SEGMENTATION_ID,
+    });
+    const left = `${answer.undo_available} undo and ${answer.redo_available} redo steps left`;
+    notifications.show({
+      title: `${title} done`,
+      message: `${answer.label}: ${answer.prompted_slices.length ? `prompts on slices ${answer.prompted_slices.join(', ')}` : 'no prompt left, the label is empty'}; ${left}. The panel's markers are its own: its next Run sends every marker it shows.`,
+      type: 'success',
+      duration: 8000,
+    });
+  } catch (e) {
+    fail(`the answer could not be drawn: ${e.message || e}`);
+  }
 }
 
 // --- save ----------------------------------------------------------------------------------------
@@ -230,6 +352,16 @@ const BUTTONS = [
     },
   },
   {
+    id: 'Sam2Undo',
+    uiType: 'ohif.radioGroup',
+    props: { icon: 'icon-prev', label: "Undo (the server's last prompt action for this label)", commands: 'sam2Undo', evaluate: 'evaluate.action' },
+  },
+  {
+    id: 'Sam2Redo',
+    uiType: 'ohif.radioGroup',
+    props: { icon: 'icon-next', label: 'Redo', commands: 'sam2Redo', evaluate: 'evaluate.action' },
+  },
+  {
     id: 'Sam2SaveLabel',
     uiType: 'ohif.radioGroup',
     props: { icon: 'icon-upload', label: 'Save label (final)', commands: 'sam2SaveLabel', evaluate: 'evaluate.action' },
@@ -253,7 +385,11 @@ export default {
   },
   getCommandsModule({ servicesManager }) {
     return {
-      definitions: { sam2SaveLabel: { commandFn: () => saveLabel({ servicesManager }) } },
+      definitions: {
+        sam2SaveLabel: { commandFn: () => saveLabel({ servicesManager }) },
+        sam2Undo: { commandFn: () => stepHistory('undo', { servicesManager }) },
+        sam2Redo: { commandFn: () => stepHistory('redo', { servicesManager }) },
+      },
       defaultContext: 'VIEWER',
     };
   },
