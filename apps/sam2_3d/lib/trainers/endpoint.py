@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from lib.engine import torch_thread
 from lib.engine.errors import EngineInputError
 from lib.engine.weights import list_versions, manager_of, standalone_state_dict, summary, weights_served_next
+from lib.replicas import training_lock
 from lib.training.params import TRAINER_NAME, TrainParamError, check_for_server, parse
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ def _check(request: dict) -> None:
     try:
         check_for_server(parse(request), app.model_config.engine.image_size)
     except TrainParamError as e:
+        raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+    try:  # one replica trains at a time on a shared model store (lib/replicas/training_lock.py)
+        training_lock.check_free(app.model_config.versions_dir)
+    except training_lock.TrainingLocked as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
     store = app.datastore()
     # what training reads: a local store's datalist (it leaves out pairs linking outside the folder); a
