@@ -49,6 +49,41 @@ def test_the_second_holder_is_refused_naming_the_first_and_gets_it_once_released
     training_lock.check_free(str(tmp_path))
 
 
+def _take_over_in_child(model_dir: str, out) -> None:
+    with training_lock.held(model_dir) as mine:
+        out.put(json.load(open(training_lock.lock_path(model_dir))))
+        out.put(mine)
+
+
+def test_the_server_takes_the_lock_before_starting_training_and_its_process_takes_it_over(tmp_path):
+    """No window between the POST and the training process: the lock exists from the POST on."""
+    model_dir = str(tmp_path)
+    server_lock = training_lock.acquire(model_dir, phase="starting")
+    from monailabel.utils.async_tasks.utils import background_tasks
+
+    background_tasks.setdefault("train", []).append({"id": "t", "status": "SUBMITTED"})  # as run_model leaves it
+    try:
+        with pytest.raises(training_lock.TrainingLocked):
+            training_lock.acquire(model_dir)  # the starting run's lock holds against everyone
+        ctx = multiprocessing.get_context("spawn")
+        out = ctx.Queue()
+        child = ctx.Process(target=_take_over_in_child, args=(model_dir, out))
+        child.start()
+        during, child_lock = out.get(timeout=60), out.get(timeout=60)
+        child.join(30)
+    finally:
+        background_tasks["train"].pop()
+    assert during["pid"] == child.pid and during["phase"] == "running" and during["token"] != server_lock["token"]
+    assert child_lock["started"] == server_lock["started"]
+    assert not os.path.exists(training_lock.lock_path(model_dir)), "released by the training process"
+
+
+def test_a_servers_own_starting_lock_without_a_training_is_stale(tmp_path):
+    training_lock.acquire(str(tmp_path), phase="starting")  # the process it was for never started
+    assert training_lock.holder(str(tmp_path)) is None
+    training_lock.release(str(tmp_path), training_lock.acquire(str(tmp_path)))
+
+
 def test_a_dead_processs_lock_is_stale_and_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

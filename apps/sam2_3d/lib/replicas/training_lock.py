@@ -6,10 +6,11 @@ While training, a thread touches it every ``HEARTBEAT_S``. A lock is stale, and 
 holder is on this host and its process is gone, or when it is on another host and its heartbeat is older
 than ``STALE_S`` (a host that died cannot remove its lock).
 
-``POST /train/sam2_finetune`` checks the lock before starting a process (409 naming the holder); the
-training process takes it when it starts. Two replicas asked at the same instant may both pass the
-check; the second process then fails at once saying who holds the lock (its run is listed in
-``GET /train/`` as an error), and the running training is untouched.
+``POST /train/sam2_finetune`` takes the lock before it starts the training process (409 naming the
+holder otherwise), so two replicas asked at the same instant cannot both start; the process it starts
+(monailabel runs training in a child process, or in the server itself with ``run_sync``) takes the lock
+over and releases it when the run ends. A server's own lock whose training never started (no train task
+of this server is submitted or running) is stale too.
 """
 
 from __future__ import annotations
@@ -68,10 +69,19 @@ def _pid_alive(pid) -> bool:
     return True
 
 
+def _this_server_trains() -> bool:
+    from monailabel.utils.async_tasks.utils import tasks
+
+    return any(t.get("status") in ("SUBMITTED", "RUNNING") for t in tasks("train") or [])
+
+
 def why_stale(info: dict) -> str | None:
     """Why a lock no longer protects anything, or None while its holder may still be training."""
     if info.get("host") == socket.gethostname() and info.get("pid") is not None and not _pid_alive(info["pid"]):
         return f"its process {info['pid']} on this host is gone"
+    if (info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
+            and info.get("phase") == "starting" and not _this_server_trains()):
+        return "this server took it for a training that is not running (it ended before taking it over)"
     if info.get("heartbeat_age_s", 0.0) > STALE_S:
         return f"no heartbeat for {info['heartbeat_age_s']:.0f} s"
     return None
@@ -118,13 +128,18 @@ def _remove_if_stale(path: str) -> None:
     os.unlink(aside)
 
 
-def acquire(model_dir: str) -> dict:
-    """Take the lock for this process, or raise :class:`TrainingLocked` naming its holder."""
+def _record(phase: str) -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "server": identity.server_name(), "phase": phase,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": uuid.uuid4().hex}
+
+
+def acquire(model_dir: str, phase: str = "running") -> dict:
+    """Take the lock for this process, or raise :class:`TrainingLocked` naming its holder. ``starting``:
+    taken by the server for the training process it is about to start (which takes it over)."""
     path = lock_path(model_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _remove_if_stale(path)
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "server": identity.server_name(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "token": uuid.uuid4().hex}
+    mine = _record(phase)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -142,10 +157,26 @@ def release(model_dir: str, mine: dict) -> None:
         os.unlink(path)
 
 
+def _take_over(model_dir: str) -> dict | None:
+    """The lock this process's server took for it (same host; this process or its parent), now ours."""
+    path = lock_path(model_dir)
+    info = _read(path)
+    if not info or info.get("phase") != "starting" or info.get("host") != socket.gethostname() or \
+            info.get("pid") not in (os.getpid(), os.getppid()):
+        return None
+    mine = {**_record("running"), "started": info.get("started")}
+    tmp = f"{path}.{mine['token']}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(mine, f)
+    os.replace(tmp, path)
+    return mine
+
+
 @contextmanager
 def held(model_dir: str):
-    """The lock for the duration of a training run, its heartbeat kept by a thread."""
-    mine = acquire(model_dir)
+    """The lock for the duration of a training run (taken over from the server that started the run, or
+    taken here), its heartbeat kept by a thread."""
+    mine = _take_over(model_dir) or acquire(model_dir)
     stop = threading.Event()
 
     def beat():

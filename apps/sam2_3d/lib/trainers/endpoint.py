@@ -45,10 +45,6 @@ def _check(request: dict) -> None:
         check_for_server(parse(request), app.model_config.engine.image_size)
     except TrainParamError as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
-    try:  # one replica trains at a time on a shared model store (lib/replicas/training_lock.py)
-        training_lock.check_free(app.model_config.versions_dir)
-    except training_lock.TrainingLocked as e:
-        raise HTTPException(status_code=e.status_code, detail=str(e)) from e
     store = app.datastore()
     # what training reads: a local store's datalist (it leaves out pairs linking outside the folder); a
     # DICOMweb store's labelled ids only, so that nothing is downloaded here
@@ -65,9 +61,19 @@ async def train_with_checked_params(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
 ):
     await run_in_threadpool(_check, params or {})
-    # in a worker thread: with run_sync monailabel waits here for the whole training run, which on the event
-    # loop froze every other request (/info/ took 83 s in the report of issue 16)
-    return await run_in_threadpool(run_model, MODEL, params, run_sync, enqueue)
+    # one replica trains at a time on a shared model store: taken here, taken over by the training process
+    model_dir = app_instance().model_config.versions_dir
+    try:
+        lock = training_lock.acquire(model_dir, phase="starting")
+    except training_lock.TrainingLocked as e:
+        raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+    try:
+        # in a worker thread: with run_sync monailabel waits here for the whole training run, which on the
+        # event loop froze every other request (/info/ took 83 s in the report of issue 16)
+        return await run_in_threadpool(run_model, MODEL, params, run_sync, enqueue)
+    except BaseException:
+        training_lock.release(model_dir, lock)  # nothing started (monailabel's 429: one is already running)
+        raise
 
 
 def _manager():
