@@ -13,9 +13,9 @@
 #   MONAI_LABEL_SESSION_PATH     DIR/sessions: Slicer's uploaded volumes, readable by every replica
 #   MONAI_LABEL_DICOMWEB_CACHE_PATH  DIR/cache/replica-PORT: each replica's own copy of the series it serves
 # Logs: DIR/logs/replica-PORT.log (one "request ..." line per request) and DIR/logs/haproxy.log; pids in
-# DIR/run/. Runs in the foreground; Ctrl-C (or SIGTERM) stops the balancer and every replica. A replica that
-# dies is not restarted here: HAProxy moves its images to the others (restart it with the command in
-# DIR/run/replica-PORT.cmd).
+# DIR/run/, and HAProxy's stats socket DIR/run/haproxy.sock (echo "show stat" | socat - DIR/run/haproxy.sock).
+# Runs in the foreground; Ctrl-C (or SIGTERM) stops the balancer and every replica. A replica that dies is
+# not restarted here: HAProxy moves its images to the others (restart it with DIR/run/replica-PORT.cmd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: scripts/replicas.sh <DICOMweb URL> --shared DIR [--replicas N] [--port P] [--host H] [--conf KEY VALUE ...]"
@@ -67,7 +67,7 @@ for i in $(seq 1 "$replicas"); do
   echo $! > "$shared/run/replica-$p.pid"
   servers+="    server replica-$p 127.0.0.1:$p check"$'\n'
 done
-sed -e "s/@BIND@/$host:$port/" -e "/@SERVERS@/{r /dev/stdin" -e "d}" scripts/haproxy.cfg.template \
+sed -e "s/@BIND@/$host:$port/" -e "s|@RUN@|$shared/run|" -e "/@SERVERS@/{r /dev/stdin" -e "d}" scripts/haproxy.cfg.template \
   <<< "${servers%$'\n'}" > "$shared/run/haproxy.cfg"
 "$haproxy" -c -q -f "$shared/run/haproxy.cfg"
 "$haproxy" -db -f "$shared/run/haproxy.cfg" > "$shared/logs/haproxy.log" 2>&1 &
