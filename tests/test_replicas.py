@@ -307,9 +307,11 @@ def test_when_a_replica_dies_its_images_move_and_the_clients_carry_on(deployment
     assert all(len(v) == 1 for v in restarts.values()), restarts
     assert set(restarts) == {(c, i) for c in CLIENTS for i in moved}, (restarts, moved)  # the others: none
     assert all(f":{victim}" in v[0] for v in restarts.values()), restarts
+    with open(os.path.join(d.shared, "logs", "haproxy.log")) as f:  # httplog: conns/retries before the queues
+        retried = sum(int(m[1]) > 0 for m in re.finditer(r" \d+/\d+/\d+/\d+/\+?(\d+) \d+/\d+ \"POST /infer", f.read()))
     seconds = sorted(c[4] for c in d.calls)
     MEASURED["replicas: infer requests through HAProxy, p50 s, p95 s, 5xx, session_restarted after a kill -9"] = [
         len(d.calls), round(float(np.percentile(seconds, 50)), 2), round(float(np.percentile(seconds, 95)), 2),
         sum(c[3] >= 500 for c in d.calls), sum(len(v) for v in restarts.values())]
-    MEASURED["replicas: images per replica before the kill, images moved"] = [
-        sorted(len(v) for v in served.values()), len(moved)]
+    MEASURED["replicas: images per replica before the kill, images moved, requests HAProxy re-sent"] = [
+        sorted(len(v) for v in served.values()), len(moved), retried]
