@@ -60,13 +60,12 @@ def _read(path: str) -> dict | None:
 
 
 def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError):
+    import psutil
+
+    try:  # a zombie is gone: DELETE /train/ kills the training process, which is reaped only later
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError, TypeError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _this_server_trains() -> bool:
