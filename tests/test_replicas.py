@@ -1,10 +1,11 @@
 """Two replicas behind HAProxy, one Orthanc, one shared store, started with scripts/replicas.sh as a user would.
 
 Three series in a real Orthanc; three clients click on them through the balancer: every request for an image
-lands on one replica (read from the replicas' request logs); a label saved through the balancer is in Orthanc
-and counted by both replicas; a version trained through the balancer is served by both (a second training
-meanwhile is refused 409 naming the holder); then one replica is killed (-9) and the clients carry on: no
-5xx, at most one ``session_restarted`` per client and image. SAM 2.1 tiny with RANDOM WEIGHTS at the tests'
+lands on one replica (read from the replicas' request logs); each replica's ``sam2_low_confidence`` ranks by
+the confidences both recorded; a label saved through the balancer is in Orthanc and counted by both
+replicas; a version trained through the balancer is served by both (a second training meanwhile is refused
+409 naming the holder); then one replica is killed (-9) and the clients carry on: no 5xx, at most one
+``session_restarted`` per client and image. SAM 2.1 tiny with RANDOM WEIGHTS at the tests'
 image size: masks are meaningless, the plumbing is what is checked. The tests run in file order and share one
 deployment. Figures (requests, p50/p95 seconds, restarts) go to "measured by the tests".
 """
@@ -221,6 +222,26 @@ def test_every_request_for_an_image_lands_on_one_replica(deployment):
     # the three UIDs and the ring are fixed (server ids 1, 2; crc32): 2 + 1 images, so some move and some stay
     assert sorted(len([i for i in where if p in where[i]]) for p in d.replicas) == [1, 2], where
     d.before = {image: ports.pop() for image, ports in where.items()}
+
+
+def test_every_replica_ranks_by_the_confidences_every_replica_recorded(deployment):
+    d = deployment
+    recorded = {}
+    for name in os.listdir(os.path.join(d.shared, "model", "confidences")):
+        with open(os.path.join(d.shared, "model", "confidences", name)) as f:
+            record = json.load(f)
+        recorded[record["image"]] = record["mean_slice_score"]
+    assert set(recorded) == set(d.images), recorded
+    lowest = min(recorded, key=lambda i: (recorded[i], i))  # the strategy's order: score, then id
+    # each image's score is on one replica only: without the shared store, the replica that did not propagate
+    # `lowest` ranks its own scored images first and never answers it
+    for port, url in d.replicas.items():
+        own = {i for i in d.images
+               if requests.get(f"{url}/datastore/image/info", params={"image": i}, timeout=60).json().get("sam2_confidence")}
+        assert own == {i for i, p in d.before.items() if p == port}, "a replica's datastore knows its own images only"
+        chosen = requests.post(f"{url}/activelearning/sam2_low_confidence", json={"client_id": f"al-{port}"},
+                               timeout=60).json()
+        assert chosen["id"] == lowest and chosen["sam2_mean_slice_score"] == pytest.approx(recorded[lowest]), chosen
 
 
 def test_a_label_saved_through_the_balancer_is_in_orthanc_and_counted_by_both(deployment):
