@@ -7,6 +7,8 @@
   per-slice object score (see ``record_confidence``); images never segmented come after, in ``first`` order.
   Scores are recorded with the weights that produced them: once a fine-tuned version is in use, scores of
   earlier weights are stale and rank after the fresh ones, so the queue follows the fine-tuned model.
+  With several replicas the scores are read from the shared model store (``lib/replicas/confidences.py``),
+  so each replica ranks by what every replica recorded.
 
 Why the confidence strategy is worth having: SAM 2 is interactive, so no score exists for an image nobody
 has prompted (there is nothing to "batch score" without a prompt), but every propagation yields SAM 2's own
@@ -24,6 +26,8 @@ import time
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.tasks.activelearning.random import Random
+
+from lib.replicas import confidences
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +51,11 @@ class First(Strategy):
 
 
 class LowestSam2Confidence(Strategy):
-    def __init__(self, lease_s: int = DEFAULT_LEASE_S, weights_in_use=None):
+    def __init__(self, lease_s: int = DEFAULT_LEASE_S, weights_in_use=None, shared_dir: str | None = None):
         super().__init__("Unlabelled image whose last SAM 2 propagation was least confident (mean slice score)")
         self.lease_s = lease_s
         self.weights_in_use = weights_in_use  # () -> name of the weights the engine uses now
+        self.shared_dir = shared_dir  # the model store every replica records confidences in
 
     def __call__(self, request, datastore: Datastore):
         images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
@@ -62,6 +67,8 @@ class LowestSam2Confidence(Strategy):
 
         def key(image_id):
             info = datastore.get_image_info(image_id).get(CONFIDENCE_KEY, {})
+            if self.shared_dir:  # the newest record, whichever replica wrote it
+                info = max(info, confidences.read(self.shared_dir, image_id), key=lambda r: r.get("ts", -1))
             score = info.get("mean_slice_score")
             if score is None:
                 return (2, 0.0, image_id)
@@ -88,8 +95,10 @@ def _not_leased(images, request, datastore: Datastore, lease_s: int) -> list:
     return free
 
 
-def record_confidence(datastore: Datastore, image_id: str, model: str, slice_scores: dict, weights: str | None = None) -> bool:
-    """Keep the mean per-slice SAM 2 object score of the image's last propagation in its datastore info."""
+def record_confidence(datastore: Datastore, image_id: str, model: str, slice_scores: dict, weights: str | None = None,
+                      shared_dir: str | None = None) -> bool:
+    """Keep the mean per-slice SAM 2 object score of the image's last propagation in its datastore info
+    (and in the shared model store ``shared_dir``, for every replica's active learning)."""
     if not slice_scores or not image_id:
         return False
     values = [float(v) for v in slice_scores.values()]
@@ -103,10 +112,12 @@ def record_confidence(datastore: Datastore, image_id: str, model: str, slice_sco
     }
     try:
         datastore.update_image_info(image_id, {CONFIDENCE_KEY: info})
-        return True
     except Exception as e:  # images of a session (Slicer's local volumes) are not in the datastore
         logger.debug(f"no confidence recorded for {image_id!r}: {e}")
         return False
+    if shared_dir:
+        confidences.write(shared_dir, image_id, info)
+    return True
 
 
 def strategies(app) -> dict:
@@ -122,4 +133,5 @@ def strategies(app) -> dict:
         return weights_in_use(engine)
 
     return {"random": Random(), "first": First(),
-            "sam2_low_confidence": LowestSam2Confidence(weights_in_use=wanted_weights)}
+            "sam2_low_confidence": LowestSam2Confidence(weights_in_use=wanted_weights,
+                                                        shared_dir=app.model_config.versions_dir)}

@@ -22,6 +22,8 @@ Options (``monailabel start_server ... --conf KEY VALUE``):
 * ``model_dir``: where fine-tuned versions live (versions in ``finetuned/``); default: with the datastore,
   ``<studies>/.sam2-3d/model`` for a local folder, ``<app>/model/dicomweb-<host>-<hash of the URL>`` for a
   DICOMweb server, so two servers from one checkout on two datastores never serve each other's versions.
+* ``replica`` (``false``): this server is one of several sharing ``model_dir`` behind a balancer
+  (scripts/replicas.sh, docs/deploy.md): sessions are noted there, so one that moved replica says so.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.engine import torch_thread
 from lib.engine.build import engine_from_conf
+from lib.engine.options import option
 from lib.engine.weights import attach as attach_versions
 from lib.infers.sam2_infer import Sam2InferTask
+from lib.replicas import identity
+from lib.replicas.sessions import SessionMarkers
 from lib.trainers.sam2_finetune import Sam2FinetuneTask
 
 logger = logging.getLogger(__name__)
@@ -75,6 +80,9 @@ class Sam2Config(TaskConfig):
         if not conf.get("model_dir"):
             _warn_about_old_default(model_dir, self.versions_dir)
         torch_thread.run(attach_versions, self.engine, self.versions_dir, conf.get("finetuned"))  # loads weights
+        identity.server_name()  # named before monailabel starts a training process (it inherits the name)
+        if option(conf, "replica", False):  # one of several replicas sharing model_dir (lib/replicas)
+            self.engine.replica_sessions = SessionMarkers(self.versions_dir)
 
     def infer(self):
         return {name: Sam2InferTask(self.engine, kind, self.labels, self.datastore) for name, kind in TASKS.items()}

@@ -104,6 +104,8 @@ OPTIONS: dict[str, Option] = {
     "label_history": Option(_int(0), "an integer >= 0"),
     "finetuned": Option(_text, "a version name (v0003) or none"),
     "model_dir": Option(_text, "a folder"),
+    # one of several replicas sharing model_dir (scripts/replicas.sh): sessions are recorded there too
+    "replica": BOOL,
     "session_ttl_hours": Option(_positive_float, "a number of hours > 0 (a session unused this long ends)"),
     # bounds on what one client can make the server hold or do (docs/security.md)
     "max_volume_gb": Option(_positive_float, "a number of GB > 0 (the voxels one volume may declare)"),

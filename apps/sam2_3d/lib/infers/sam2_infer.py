@@ -36,6 +36,7 @@ from ..engine.errors import EngineInputError, ImageNotFound, PromptError, Unknow
 from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
 from ..engine.torch_thread import ClientGone
 from ..engine.weights import ensure_weights, weights_in_use, weights_served_next
+from ..replicas.sessions import note_session
 from .corner_box import with_corner_roi
 from .label_locks import locks_and_exclusions
 from .request_checks import check_infer_request
@@ -132,6 +133,7 @@ class Sam2InferTask(InferTask):
         mode = "2d" if self.kind == "slice2d" else "3d"
         client_id = str(request.get("client_id") or "")
         session = self.engine.open(image_path, _session_client(request, client_id), preset, mode, axis)
+        note_session(self.engine, session, request, _session_client(request, client_id), mode, axis)  # replicas
         # the whole request under the session's lock: prompts, propagation and the answer belong together;
         # a refused request leaves the session as it was (its prompts, undo history and last answers)
         with session.all_or_nothing():

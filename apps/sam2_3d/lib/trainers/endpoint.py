@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from lib.engine import torch_thread
 from lib.engine.errors import EngineInputError
 from lib.engine.weights import list_versions, manager_of, standalone_state_dict, summary, weights_served_next
+from lib.replicas import training_lock
 from lib.training.params import TRAINER_NAME, TrainParamError, check_for_server, parse
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,19 @@ async def train_with_checked_params(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
 ):
     await run_in_threadpool(_check, params or {})
-    # in a worker thread: with run_sync monailabel waits here for the whole training run, which on the event
-    # loop froze every other request (/info/ took 83 s in the report of issue 16)
-    return await run_in_threadpool(run_model, MODEL, params, run_sync, enqueue)
+    # one replica trains at a time on a shared model store: taken here, taken over by the training process
+    model_dir = app_instance().model_config.versions_dir
+    try:
+        lock = training_lock.acquire(model_dir, phase="starting")
+    except training_lock.TrainingLocked as e:
+        raise HTTPException(status_code=e.status_code, detail=str(e)) from e
+    try:
+        # in a worker thread: with run_sync monailabel waits here for the whole training run, which on the
+        # event loop froze every other request (/info/ took 83 s in the report of issue 16)
+        return await run_in_threadpool(run_model, MODEL, params, run_sync, enqueue)
+    except BaseException:
+        training_lock.release(model_dir, lock)  # nothing started (monailabel's 429: one is already running)
+        raise
 
 
 def _manager():

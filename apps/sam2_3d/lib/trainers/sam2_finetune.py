@@ -18,6 +18,7 @@ from monailabel.utils.async_tasks.utils import processes, tasks
 
 from lib.engine import torch_thread
 from lib.engine.weights import list_versions, manager_of, summary, versions_root, weights_in_use, weights_served_next
+from lib.replicas import training_lock
 from lib.training.params import config_defaults, parse
 from lib.training.run import publish_end, read_progress, train
 
@@ -51,8 +52,8 @@ class Sam2FinetuneTask(TrainTask):
         """``progress.json``; a run still marked RUNNING whose process is gone ended without saying so
         (DELETE /train/, kill -9, a crash, a server restart): said here, once, as STOPPED or FAILED."""
         progress = read_progress(self.model_dir)
-        if progress.get("status") != "RUNNING" or processes("train"):
-            return progress  # finished, or this server's training process is still running
+        if progress.get("status") != "RUNNING" or processes("train") or training_lock.holder(self.model_dir):
+            return progress  # finished, or a training process (this replica's or another's) is still running
         last = (tasks("train") or [None])[-1]
         if last and last.get("status") == "STOPPED":  # DELETE /train/ killed it (it may not be reaped yet)
             publish_end(self.model_dir, "STOPPED", "stopped by DELETE /train/ (post the same request again to "
@@ -68,7 +69,8 @@ class Sam2FinetuneTask(TrainTask):
     def __call__(self, request, datastore):
         params = parse(request)  # the endpoint already answered 422 for bad values; this guards direct calls
         logger.info(f"sam2_finetune: {params.to_dict()}")
-        return torch_thread.run(train, self.engine, datastore, params, self.model_dir)  # where the model was built
+        with training_lock.held(self.model_dir):  # one replica trains at a time on a shared model store
+            return torch_thread.run(train, self.engine, datastore, params, self.model_dir)  # where the model was built
 
 
 def _alive(pid) -> bool:
