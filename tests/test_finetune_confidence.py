@@ -127,3 +127,22 @@ def test_auto_stop_ends_where_the_fine_tuned_masks_go_empty(tuned_engine):
     assert result.stopped_early["forward"] == hi < gt.shape[0] - 1, (result.stopped_early, gt.shape)
     assert not result.mask[hi].any() and not result.mask[hi - 1].any()
     assert min(result.scores.values()) > 0.5, result.scores  # what the object score alone would never stop on
+
+
+def test_the_strategy_ranks_by_stability_then_object_score_and_old_records_after(tmp_path):
+    """Lower stability first whatever the object score says; equal stabilities by the lower object score;
+    records made before the stability score existed (none recorded) after those with one."""
+    from monailabel.datastore.local import LocalDatastore
+
+    from lib.activelearning import LowestSam2Confidence, record_confidence
+
+    for name in ("a", "b", "c", "d"):
+        shutil.copy(shared("spinalcord_t2", "image.nii.gz"), tmp_path / f"{name}.nii.gz")
+    store = LocalDatastore(str(tmp_path), extensions=["*.nii.gz"], auto_reload=False)
+    record_confidence(store, "a", "sam2_point", {"1": 0.1}, stability=0.9)  # least sure object, most stable mask
+    record_confidence(store, "b", "sam2_point", {"1": 0.99}, stability=0.2)
+    record_confidence(store, "c", "sam2_point", {"1": 0.98}, stability=0.2)
+    record_confidence(store, "d", "sam2_point", {"1": 0.05})  # an old record: object score only
+    order = LowestSam2Confidence().ranked({"client_id": "x", "strategy": "s"}, store)
+    assert order == ["c", "b", "a", "d"]
+    assert LowestSam2Confidence()({"client_id": "x", "strategy": "s"}, store)["sam2_stability"] == 0.2

@@ -77,12 +77,14 @@ class LowestSam2Confidence(Strategy):
 
         def key(image_id):
             info = datastore.get_image_info(image_id).get(CONFIDENCE_KEY, {})
-            stability = info.get("stability")
-            if stability is None:  # never segmented, or recorded before the stability score existed
-                return (2, 0.0, 0.0, image_id)
+            score, stability = info.get("mean_slice_score"), info.get("stability")
+            if score is None:  # never segmented
+                return (2, 0, 0.0, 0.0, image_id)
             stale = current is not None and info.get("weights", "base") != current
-            # equal stabilities (random weights: no logit ever passes +1, all score 0) fall back to the object score
-            return (1 if stale else 0, float(stability), info.get("mean_slice_score", 1.0), image_id)
+            # records made before the stability score existed come after those with one, by object score;
+            # equal stabilities (random weights: no logit ever passes +1, all score 0) go by the object score
+            known = stability is not None
+            return (1 if stale else 0, 0 if known else 1, float(stability) if known else 0.0, float(score), image_id)
 
         return sorted(pool, key=key)
 
