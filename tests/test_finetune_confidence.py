@@ -42,7 +42,14 @@ def tuned_engine(tmp_path_factory):
     params = parse({"epochs": 1, "steps_per_epoch": STEPS, "clip_length": 2, "learning_rate": 5e-4,
                     "objects": "any", "val_z_margin": 0, "checkpoint_every": 1000, "seed": 0,
                     "keep_only_if_better": False})
-    result = train(engine, None, params, str(tmp_path_factory.mktemp("tuned")), pairs=pairs)
+    # one torch thread while training: on a CPU shared with other jobs, two threads ran this 7x slower
+    # (fixture set-up 580 s against 44 s, 60 steps, on this project's loaded 2-core machine)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(engine, None, params, str(tmp_path_factory.mktemp("tuned")), pairs=pairs)
+    finally:
+        torch.set_num_threads(threads)
     assert result["version"], result
     return engine
 
