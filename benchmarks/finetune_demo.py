@@ -14,7 +14,10 @@ the ground truth of the prompted slice: copied to every slice, and on the prompt
 
 Prompt-following check, base vs fine-tuned: on the held-out image's central slice, clicks on brain tissue
 15-25 px away from the tumour, each propagated over +-2 slices: the answer must contain the clicked voxel
-and must not be the tumour (tumour recall < 0.5).
+and must not be the tumour (tumour recall < 0.5). Then, base vs fine-tuned (benchmarks/finetune_demo_checks.py):
+a click inside a second object must return that one (oedema vs enhancing tumour of the held-out image,
+right vs left kidney of a CT), and the confidence ``sam2_low_confidence`` ranks by must order seven held-out
+cases by Dice (Spearman rho; SAM 2's object score alongside).
 
     python benchmarks/finetune_demo.py --out /tmp/demo
 
@@ -116,6 +119,8 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    import finetune_demo_checks as checks
+
     from lib.engine import weights
     from lib.engine.build import engine_from_conf
     from lib.engine.geometry import read_image, volume_array
@@ -145,6 +150,9 @@ def main() -> int:
     anchor = base["mask"]["anchor"]
     clicks = outside_clicks(image[anchor], gt[anchor], args.outside_clicks)
     follow_base = prompt_following(engine, loaded, gt, anchor, clicks, "base")
+    data_root = os.path.dirname(os.path.abspath(args.data))
+    second_base = checks.second_object(engine, data_root, "base")
+    ranking_base = checks.confidence_ranking(engine, data_root, "base")
     eval_seconds = time.time() - t0
 
     params = parse({"epochs": args.epochs, "steps_per_epoch": args.steps, "clip_length": args.clip_length,
@@ -155,13 +163,16 @@ def main() -> int:
     train_seconds = time.time() - t0
     tuned = evaluate(engine, loaded, gt, "tuned")  # the engine now holds the kept weights (or its start)
     follow_tuned = prompt_following(engine, loaded, gt, anchor, clicks, "tuned")
+    second_tuned = checks.second_object(engine, data_root, "tuned")
+    ranking_tuned = checks.confidence_ranking(engine, data_root, "tuned")
 
     table = []
     for name in PROMPTS:
         b = baselines(gt, base[name]["anchor"])
         table.append({"prompt": name, "base_weights": base[name]["dice"], "fine_tuned": tuned[name]["dice"], **b})
     copy_wins = [r["prompt"] for r in table if r["fine_tuned"] <= r["copy_prompted_slice_to_every_slice"]]
-    follows = follow_tuned["followed"] >= follow_base["followed"]
+    follows = (follow_tuned["followed"] >= follow_base["followed"]
+               and second_tuned["followed"] >= second_base["followed"])
     v = result.get("validation") or {}
     summary = {
         "command": "python " + " ".join(sys.argv), "weights": "RANDOM (SAM 2.1 tiny config, seed 0)",
@@ -175,7 +186,9 @@ def main() -> int:
         "fine_tuned_beats_copy_baseline_on": [r["prompt"] for r in table if r["prompt"] not in copy_wins],
         "copy_baseline_at_least_as_good_on": copy_wins,
         "prompt_following": {"base": follow_base, "fine_tuned": follow_tuned,
+                             "second_object": {"base": second_base, "fine_tuned": second_tuned},
                              "fine_tuned_follows_at_least_as_well": follows},
+        "confidence_ranking": {"base": ranking_base, "fine_tuned": ranking_tuned},
         "train_seconds": round(train_seconds, 1), "base_eval_seconds": round(eval_seconds, 1),
         "cpu_threads": torch.get_num_threads(),
     }

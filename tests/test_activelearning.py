@@ -75,8 +75,10 @@ def test_strategies_advertised_and_unknown_is_404(loop_server):
 
 
 def test_sam2_low_confidence_picks_the_least_confident_propagation(loop_server):
-    """Run a real propagation on two images; the strategy must pick the one SAM 2 itself scored lowest."""
-    means = {}
+    """Run a real propagation on two images; the strategy must pick the one whose propagated object was
+    least stable (SAM's stability score of the mask logits), equal stabilities by the lower object score
+    (random weights: no logit passes +1, every stability is 0)."""
+    keys = {}
     for image_id in ("spinalcord_t2", "totalseg_ct_small"):
         size = sitk.ReadImage(_image_path(loop_server, image_id)).GetSize()
         k = size[2] // 2
@@ -85,15 +87,17 @@ def test_sam2_low_confidence_picks_the_least_confident_propagation(loop_server):
         r = requests.post(f"{loop_server.url}/infer/sam2_point", params={"image": image_id, "output": "json"},
                           data={"params": json.dumps(params)}, timeout=300)
         assert r.status_code == 200, r.text
-        scores = r.json()["slice_scores"]
+        scores, stability = r.json()["slice_scores"], r.json()["stability"]
         info = requests.get(f"{loop_server.url}/datastore/image/info", params={"image": image_id}, timeout=10).json()
         recorded = info["sam2_confidence"]
         assert recorded["slices"] == len(scores)
         assert recorded["mean_slice_score"] == pytest.approx(np.mean(list(scores.values())), abs=1e-3)
-        means[image_id] = recorded["mean_slice_score"]
+        assert 0.0 <= stability <= 1.0 and recorded["stability"] == stability
+        keys[image_id] = (stability, recorded["mean_slice_score"])
+    assert len(set(keys.values())) == 2, keys  # else the pick below would be by id
     chosen = _next(loop_server, "sam2_low_confidence", "annotator-c")
-    assert chosen["id"] == min(means, key=means.get), (chosen, means)
-    assert chosen["sam2_mean_slice_score"] == pytest.approx(min(means.values()))
+    assert chosen["id"] == min(keys, key=keys.get), (chosen, keys)
+    assert (chosen["sam2_stability"], chosen["sam2_mean_slice_score"]) == min(keys.values())
 
 
 def test_annotation_loop_first_lease_save_and_concurrent_saves(loop_server):

@@ -557,3 +557,37 @@ def test_sessions_are_bounded_by_the_bytes_they_hold(engine, volume_path):
         assert sorted(s.prompts()) == [25] and s.propagate(LO, HI).how == "full"
     finally:
         engine.max_session_bytes = old
+
+
+def test_auto_stop_stops_on_empty_masks_the_object_score_calls_present(engine, volume_path):
+    """After fine-tuning SAM 2's object score saturates (0.995 on slices with nothing on them) while the
+    masks still go empty where the object ends (issue 22): an empty mask counts as absent. A forward hook
+    on the real mask decoder makes the masks of chosen slices empty and their object score +20 ("present").
+    Before, auto-stop read the object score alone and ran to the range's ends."""
+    chosen = {27, 28, 21, 20}
+    current = {"k": None}
+    original_get = VolumeFeatures.get
+
+    def get(self, frame_idx):
+        current["k"] = frame_idx
+        return original_get(self, frame_idx)
+
+    def hook(module, args, output):
+        masks, ious, tokens, object_scores = output
+        if current["k"] in chosen:
+            return torch.full_like(masks, -20.0), ious, tokens, torch.full_like(object_scores, 20.0)
+        return masks, ious, tokens, object_scores
+
+    VolumeFeatures.get = get
+    handle = engine.predictor.sam_mask_decoder.register_forward_hook(hook)
+    try:
+        s = new_session(engine, volume_path)
+        engine.feature_cache.drop_volume(s.volume.key)  # every slice decoded through the hook
+        s.update_prompts(points={24: [click(s, 0.5, 0.5)]})
+        full = s.propagate(18, 31, auto_stop=2)
+    finally:
+        handle.remove()
+        VolumeFeatures.get = original_get
+    assert full.stopped_early == {"forward": 28, "reverse": 20}, (full.stopped_early, full.scores)
+    assert all(full.scores[k] > 0.5 for k in chosen)
+    assert not full.mask[27:].any() and not full.mask[:22].any()

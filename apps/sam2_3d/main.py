@@ -233,7 +233,8 @@ class Sam2App(MONAILabelApp):
         # a 2D click scores one slice; only a propagation says how sure SAM 2 was about the whole object
         if scores and params.get("model_kind") != "slice2d" and isinstance(request.get("image_id"), str):
             record_confidence(datastore or self.datastore(), request["image_id"], request.get("model"), scores,
-                              weights=params.get("weights"), shared_dir=self.model_config.versions_dir)
+                              weights=params.get("weights"), stability=params.get("stability"),
+                              shared_dir=self.model_config.versions_dir)
         return result
 
     def next_sample(self, request):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from . import confidence
 from .errors import PromptError
 from .model import init_state_from_frames
 from .prompts import Prompts, SlicePrompt, check_label
@@ -59,6 +60,13 @@ class Propagation:
     # outward from the changed slices); "full", "incremental", "cached" (nothing changed) or "2d".
     propagated_spans: list[tuple[int, int]] = field(default_factory=list)
     how: str = "full"
+    # per processed slice, the mask's pixels with logit > +1 and > -1: its stability score's terms
+    # (lib/engine/confidence.py), a confidence that does not saturate after fine-tuning as ``scores`` do
+    areas: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def stability(self) -> float | None:
+        return confidence.object_stability(self.areas)
 
     @classmethod
     def empty(cls, shape, lo: int, hi: int) -> "Propagation":
@@ -189,8 +197,8 @@ class LabelTrack:
     def _propagate_full(self, prompts: Prompts, lo: int, hi: int, auto_stop: int) -> Propagation:
         """SAM 2's own recipe on a fresh state: add every prompt, then ``propagate_in_video`` forward from
         the first prompted slice and in reverse from it, bounded to the slice range. With ``auto_stop = n
-        > 0`` a direction ends once SAM 2 scores the object absent on ``n`` consecutive slices past the
-        last prompted slice in that direction."""
+        > 0`` a direction ends once the object is absent (:func:`_absent`) on ``n`` consecutive slices past
+        the last prompted slice in that direction."""
         predictor = self.predictor
         t0 = time.perf_counter()
         encoded = self.features.frames_encoded
@@ -198,6 +206,7 @@ class LabelTrack:
         prompted = sorted(prompts)
         mask = np.zeros(self.volume.slices_u8.shape, dtype=np.uint8)
         scores: dict[int, float] = {}
+        areas: dict[int, tuple[int, int]] = {}
         stopped: dict[str, int | None] = {"forward": None, "reverse": None}
         anchor = prompted[0]
         for reverse in (False, True):
@@ -211,41 +220,43 @@ class LabelTrack:
             # SYNC_EVERY slices instead of two waits per slice, so the host can queue the next slice's work
             # while the device runs. Auto-stop reads them group by group; the slices SAM 2 tracked past the
             # stop are forgotten, which leaves the state and the answer a stop on the very slice would leave.
-            pending: list[tuple[int, torch.Tensor]] = []
+            pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
             run = {"absent": 0}
             group = SYNC_EVERY.get(torch.device(self.engine.device).type, 1)
             for k, _, masks in predictor.propagate_in_video(
                 self.state, start_frame_idx=anchor, max_frame_num_to_track=span, reverse=reverse
             ):
                 check_cancelled()  # a gone client's propagation stops here (the state is rebuilt next time)
-                pending.append((k, masks[0, 0] > 0))
+                pending.append((k, masks[0, 0] > 0, confidence.areas(masks[0])[0]))
                 if auto_stop and len(pending) >= group:
-                    stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
+                    stop = self._land(pending, mask, scores, areas, auto_stop, run, last_prompt, reverse)
                     pending = []
                     if stop is not None:
                         stopped["reverse" if reverse else "forward"] = stop
                         break
             else:
-                stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
+                stop = self._land(pending, mask, scores, areas, auto_stop, run, last_prompt, reverse)
                 if stop is not None:
                     stopped["reverse" if reverse else "forward"] = stop
         spans = [(min(scores), max(scores))] if scores else []
-        return self._finish(prompts, mask, (lo, hi), scores, stopped, encoded, t0, spans, "full")
+        return self._finish(prompts, mask, (lo, hi), scores, stopped, encoded, t0, spans, "full", areas)
 
-    def _land(self, pending, mask, scores, auto_stop, run, last_prompt, reverse) -> int | None:
-        """Bring a group of tracked slices to the host (one copy each for masks and scores) and apply
-        auto-stop to them in tracking order; returns the slice it stops on, or None. Slices after the
+    def _land(self, pending, mask, scores, areas, auto_stop, run, last_prompt, reverse) -> int | None:
+        """Bring a group of tracked slices to the host (one copy each for masks, areas and scores) and
+        apply auto-stop to them in tracking order; returns the slice it stops on, or None. Slices after the
         stop were tracked ahead of it: SAM 2 forgets them and they are not part of the answer."""
         if not pending:
             return None
-        ks = [k for k, _ in pending]
-        masks = torch.stack([m for _, m in pending]).cpu().numpy()
+        ks = [k for k, _, _ in pending]
+        masks = torch.stack([m for _, m, _ in pending]).cpu().numpy()
+        counts = torch.stack([a for _, _, a in pending]).cpu().tolist()
         probs = self._scores(ks)
         for n, k in enumerate(ks):
             mask[k] = masks[n]
             scores[k] = probs[n]
+            areas[k] = tuple(counts[n])
             past_prompts = (k <= last_prompt) if reverse else (k >= last_prompt)
-            run["absent"] = run["absent"] + 1 if probs[n] < 0.5 else 0
+            run["absent"] = run["absent"] + 1 if _absent(probs[n], masks[n]) else 0
             if auto_stop and past_prompts and run["absent"] >= auto_stop:
                 for j in ks[n + 1:]:
                     forget_frame(self.predictor, self.state, j)
@@ -266,6 +277,7 @@ class LabelTrack:
             self.applied[k] = prompts[k]
         mask = prev.mask.copy()
         scores = dict(prev.scores)
+        areas = dict(prev.areas)
         stopped = dict(prev.stopped_early)
         spans: list[tuple[int, int]] = []
         for c in changed:
@@ -289,16 +301,17 @@ class LabelTrack:
                 ):
                     check_cancelled()
                     new = (masks[0, 0] > 0).cpu().numpy()
+                    areas[k] = tuple(confidence.areas(masks[0])[0].tolist())
                     old_known = k in prev.scores
                     agree = k != c and _same_mask(new, mask[k]) and (old_known or not new.any())
                     mask[k] = new
                     scores[k] = self._score(k)
                     reached = k
                     agree_run = agree_run + 1 if agree else 0
-                    absent_run = absent_run + 1 if scores[k] < 0.5 else 0
+                    absent_run = absent_run + 1 if _absent(scores[k], new) else 0
                     if outer and auto_stop and absent_run >= auto_stop and k != c:
                         stopped["reverse" if reverse else "forward"] = k
-                        self._forget_beyond(prompts, k, end, direction, mask, scores)
+                        self._forget_beyond(prompts, k, end, direction, mask, scores, areas)
                         break
                     if rejoin and agree_run >= rejoin:
                         break
@@ -306,9 +319,9 @@ class LabelTrack:
                     if outer:
                         stopped["reverse" if reverse else "forward"] = None
                 spans.append((min(c, reached), max(c, reached)))
-        return self._finish(prompts, mask, (lo, hi), scores, stopped, encoded, t0, spans, "incremental")
+        return self._finish(prompts, mask, (lo, hi), scores, stopped, encoded, t0, spans, "incremental", areas)
 
-    def _finish(self, prompts, mask, lo_hi, scores, stopped, encoded, t0, spans, how) -> Propagation:
+    def _finish(self, prompts, mask, lo_hi, scores, stopped, encoded, t0, spans, how, areas) -> Propagation:
         for k, prompt in prompts.items():  # a mask prompt alone is the user's truth on its slice
             if prompt.mask is not None and not prompt.points and prompt.box is None:
                 mask[k] = prompt.mask
@@ -316,9 +329,11 @@ class LabelTrack:
         return Propagation(
             mask, sorted(prompts), lo_hi, processed, dict(sorted(scores.items())), stopped,
             self.features.frames_encoded - encoded, time.perf_counter() - t0, sorted(spans), how,
+            dict(sorted(areas.items())),
         )
 
-    def _forget_beyond(self, prompts, k: int, end: int, direction: int, mask: np.ndarray, scores: dict) -> None:
+    def _forget_beyond(self, prompts, k: int, end: int, direction: int, mask: np.ndarray, scores: dict,
+                       areas: dict) -> None:
         """Auto-stop ended a pass at k: slices past it lose their previous result and SAM 2 outputs, as a
         full propagation would never have reached them."""
         for j in range(k + direction, end + direction, direction):
@@ -326,6 +341,7 @@ class LabelTrack:
                 break
             mask[j] = 0
             scores.pop(j, None)
+            areas.pop(j, None)
             forget_frame(self.predictor, self.state, j)
 
     # -- reading SAM 2's outputs ---------------------------------------------------------------
@@ -382,6 +398,13 @@ class LabelTrack:
                                 seen.add(id(value))
                                 total += value.numel() * value.element_size()
         return total
+
+
+def _absent(score: float, mask: np.ndarray) -> bool:
+    """Auto-stop's test of one tracked slice: SAM 2 scores the object absent, or its mask is empty. The
+    empty mask matters after fine-tuning, when the object score saturates (0.995 on slices with nothing
+    on them) while the masks still go empty where the object ends."""
+    return score < 0.5 or not mask.any()
 
 
 def _tensors(obj):

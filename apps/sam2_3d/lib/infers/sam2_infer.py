@@ -376,6 +376,8 @@ class Sam2InferTask(InferTask):
             "slice_range": list(result.slice_range),
             "processed_range": list(result.processed_range) if result.processed_range else None,
             "slice_scores": {str(k): round(v, 4) for k, v in result.scores.items()},
+            # SAM's stability score of the propagated object (lib/engine/confidence.py): what AL ranks by
+            "stability": None if result.stability is None else round(result.stability, 4),
             "stopped_early": result.stopped_early,
             "latency_s": round(result.seconds, 3),
             "frames_encoded": frames_encoded,
