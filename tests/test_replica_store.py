@@ -141,11 +141,13 @@ def test_low_confidence_ranks_by_the_records_of_every_replica(tmp_path):
 
     one, two = Store(), Store()
     assert record_confidence(one, "a", "sam2_point", {"0": 0.9, "1": 0.8}, shared_dir=str(tmp_path))
-    assert record_confidence(two, "b", "sam2_point", {"0": 0.1, "1": 0.2}, shared_dir=str(tmp_path))
+    assert record_confidence(two, "b", "sam2_point", {"0": 0.1, "1": 0.2}, stability=0.3,
+                             shared_dir=str(tmp_path))
     alone = LowestSam2Confidence()(dict(strategy="s"), one)
     shared = LowestSam2Confidence(shared_dir=str(tmp_path))(dict(strategy="s"), one)
     assert alone["id"] == "a", "without the shared store replica one knows only its own image"
-    assert shared == {"id": "b", "sam2_mean_slice_score": pytest.approx(0.15)}
+    assert shared == {"id": "b", "sam2_stability": 0.3, "sam2_mean_slice_score": pytest.approx(0.15)}, (
+        "the answer reports the record it ranked by, though it came from the other replica")
 
 
 def test_a_session_that_moved_replica_says_where_it_was(tmp_path, monkeypatch):

@@ -66,10 +66,17 @@ class LowestSam2Confidence(Strategy):
         if not ranked:
             return None
         best = ranked[0]
-        info = datastore.get_image_info(best).get(CONFIDENCE_KEY, {})
+        info = self._record(best, datastore)
         stability = info.get("stability")
         logger.info(f"sam2_low_confidence: {best} (stability {stability})")
         return {"id": best, "sam2_stability": stability, "sam2_mean_slice_score": info.get("mean_slice_score")}
+
+    def _record(self, image_id: str, datastore: Datastore) -> dict:
+        """The image's last confidence record: its datastore info's, or with replicas the newest any replica wrote."""
+        info = datastore.get_image_info(image_id).get(CONFIDENCE_KEY, {})
+        if self.shared_dir:
+            info = max(info, confidences.read(self.shared_dir, image_id), key=lambda r: r.get("ts", -1))
+        return info
 
     def ranked(self, request, datastore: Datastore) -> list[str]:
         """The unlabelled images not leased to another annotator, in the order this strategy hands them out."""
@@ -81,9 +88,7 @@ class LowestSam2Confidence(Strategy):
         current = self.weights_in_use() if self.weights_in_use else None
 
         def key(image_id):
-            info = datastore.get_image_info(image_id).get(CONFIDENCE_KEY, {})
-            if self.shared_dir:  # the newest record, whichever replica wrote it
-                info = max(info, confidences.read(self.shared_dir, image_id), key=lambda r: r.get("ts", -1))
+            info = self._record(image_id, datastore)
             score, stability = info.get("mean_slice_score"), info.get("stability")
             if score is None:  # never segmented
                 return (2, 0, 0.0, 0.0, image_id)
