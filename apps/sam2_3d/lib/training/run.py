@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from lib.common import atomic_write_json as _write_json
 from lib.engine import intensity
 from lib.engine.model import lazy_constants_as
 from lib.engine.weights import base_identity, ensure_weights, manager_of, versions_root, weights_in_use
@@ -36,13 +37,6 @@ logger = logging.getLogger(__name__)
 def say(line: str) -> None:
     """Progress lines: monailabel keeps the train process's last stdout lines for GET /train/."""
     print(f"[sam2_finetune] {line}", file=sys.stdout, flush=True)
-
-
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def progress_path(model_dir: str) -> str:
@@ -292,7 +286,7 @@ def _keep(run: FinishedRun, kept: dict, before: dict | None, after: dict | None)
     changed = set(run.module.trainable)
     manager = manager_of(run.engine)
     if manager is not None:
-        changed |= set(manager._base)  # tensors the parent version had changed from the base
+        changed |= manager.replaced_tensors()  # tensors the parent version had changed from the base
     state = {k: v for k, v in run.engine.predictor.state_dict().items() if k in changed}
     params = run.params
     config = {
