@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 from conftest import REPO
-from support.ohif import CHROMIUM, FLAGS, SERIES_UID, STUDY_UID, orthanc_and_server
+from support.ohif import CHROMIUM, FLAGS, SERIES_UID, STUDY_UID, nrrd_mask, orthanc_and_server
 
 ARTIFACTS = os.path.join(REPO, "test-artifacts", "ohif")
 
@@ -26,14 +26,6 @@ ARTIFACTS = os.path.join(REPO, "test-artifacts", "ohif")
 @pytest.fixture(scope="module")
 def ohif_stack(tmp_path_factory):
     yield from orthanc_and_server(tmp_path_factory, "ohif")
-
-
-def _nrrd(body: bytes) -> tuple[dict, np.ndarray]:
-    head, _, data = body.partition(b"\n\n")
-    fields = dict(line.split(": ", 1) for line in head.decode().splitlines()[1:] if ": " in line)
-    sizes = [int(s) for s in fields["sizes"].split()]
-    arr = np.frombuffer(data, dtype=np.uint8).reshape(sizes[::-1])  # i fastest: array [k, j, i]
-    return fields, arr
 
 
 @pytest.mark.timeout(900)
@@ -104,7 +96,7 @@ def test_ohif_lists_models_click_sends_infer_and_mask_is_drawn(ohif_stack):
 
             with open(os.path.join(ARTIFACTS, "result.nrrd"), "wb") as f:
                 f.write(response.body())
-            fields, mask = _nrrd(response.body())
+            fields, mask = nrrd_mask(response.body())
             assert fields["type"] in ("unsigned char", "uint8") and fields["encoding"] == "raw"
             assert mask.shape == (20, 512, 512)
             # OHIF has no hook for "labelmap updated"; its extension logs this line when it is.

@@ -1,20 +1,23 @@
 """An OHIF annotator's loop, step by step, in Debian's headless Chromium against a real Orthanc.
 
 Real parts: Orthanc + DICOMweb on loopback holding the real CT series (20 slices), the real server on
-that PACS, the OHIF bundle monailabel 0.8.5 serves (unchanged) with the app's app-config.js, Chromium
-with SwiftShader WebGL. SAM 2.1 tiny with RANDOM WEIGHTS: masks are noise; the test proves the path.
+that PACS, the OHIF bundle monailabel 0.8.5 serves (unchanged) with the app's app-config.js and the app's
+runtime-loaded OHIF extension (apps/sam2_3d/lib/web/ohif/sam2-3d-extension.mjs), Chromium with SwiftShader
+WebGL. SAM 2.1 tiny with RANDOM WEIGHTS: masks are noise; the test proves the path.
 
-Steps (screenshots: test-artifacts/ohif-loop/, the ones in docs/images come from a run of this test):
- 1. MONAI Label mode, connect: the panel names the served weights (RANDOM WEIGHTS here);
+Steps, all in the MONAI Label mode (screenshots: test-artifacts/ohif-loop/, the ones in docs/images come
+from a run of this test):
+ 1. connect: the panel names the served weights (RANDOM WEIGHTS here);
  2. Next Sample (active learning) proposes the series;
- 3. the models OHIF can drive: sam2_point, sam2_box, sam2_2d (not sam2_propagate);
- 4. a box: two clicks as the box's corners, Run: the request carries both clicks, is answered 200 and
-    the mask is drawn (the answer equals the roi's: tests/test_ohif_server.py);
- 5. a bad request (a third click: no box) is answered 400 with the reason, and OHIF shows its fixed
-    failure text (the bundle never reads the answer's body: the reason is in the server log line);
- 6. correction and save in OHIF's Segmentation mode: brush, "Download DICOM SEG" (its "Export DICOM SEG"
-    throws a TypeError in this build), then the study list's Upload, which stores it through the app:
-    Orthanc holds the SEG, and /datastore/ counts the series labelled and lists the final label.
+ 3. the models OHIF can drive: sam2_point, sam2_box, sam2_2d (not sam2_propagate); Save label with
+    nothing drawn yet is refused (422) with the server's reason on screen, and nothing is stored;
+ 4. a box: two clicks as the box's corners, Run: the extension's "SAM 2 running" toast counts the seconds,
+    then "done in N s"; the request carries both clicks, is answered 200 and the mask is drawn;
+ 5. a bad request (a third click: no box) is answered 400 and the server's reason is on screen;
+ 6. Save label (the extension's toolbar button): Orthanc holds a DICOM SEG referencing the series, segment
+    named "object", voxel-equal to the /infer answer of step 4; /datastore/ lists it as the final label;
+ 7. correction with the extension's Brush and Eraser, Save label again: a second SEG, which is now the
+    final label (the first kept as `replaces`), with the brushed voxels added and the erased ones gone.
 """
 
 from __future__ import annotations
@@ -26,13 +29,23 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 import pydicom
 import pytest
 import requests
-from conftest import REPO
-from support.ohif import CHROMIUM, FLAGS, SERIES_UID, STUDY_UID, orthanc_and_server
+from conftest import REPO, shared
+from support.ohif import CHROMIUM, FLAGS, SERIES_UID, STUDY_UID, nrrd_mask, orthanc_and_server
 
 ARTIFACTS = os.path.join(REPO, "test-artifacts", "ohif-loop")
+TOAST_RECORDER = """
+window.__toasts = [];
+new MutationObserver(() => {
+  for (const t of document.querySelectorAll('[data-sonner-toast]')) {
+    const text = [...t.querySelectorAll('[data-title], [data-description]')].map(n => n.textContent).join(' ');
+    if (text && window.__toasts[window.__toasts.length - 1] !== text && !window.__toasts.includes(text)) window.__toasts.push(text);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +67,8 @@ class Steps:
 def _page(ctx, logs):
     # loopback only: the bundle links Google Fonts; nothing may leave the machine
     ctx.route(lambda url: not url.startswith(("http://127.0.0.1", "data:", "blob:")), lambda r: r.abort())
+    # every toast text the page shows, in order (the running one changes while it is up)
+    ctx.add_init_script(TOAST_RECORDER)
     page = ctx.new_page()
     page.on("console", lambda m: logs.append(f"[{m.type}] {m.text[:400]}"))
     page.on("pageerror", lambda e: logs.append(f"[pageerror] {str(e)[:400]}"))
@@ -138,8 +153,14 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             run = select.locator("xpath=ancestor::table[1]").locator("button", has_text="Run")
             views = _viewports(page)[:3]
             assert len(views) == 3, "the MONAI Label mode shows three viewports"
+            # Save before any mask: the server refuses an empty final label (422) and says why, on screen
+            with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=60_000) as empty:
+                page.locator("[data-cy=Sam2SaveLabel]").click()
+            assert empty.value.status == 422 and "empty" in empty.value.json()["detail"], empty.value.text()
+            _wait_text(page, "refused (HTTP 422)")
+            _wait_text(page, empty.value.json()["detail"])
 
-            # 4. a box: two clicks are the box's corners; Run shows OHIF's progress toast, then the mask
+            # 4. a box: two clicks are the box's corners; Run shows the extension's running toast, then the mask
             select.select_option("sam2_box")
             page.locator("tr.clickable-row", has_text="object").click()
             _click(page, views[0], 0.37, 0.47)  # on the liver; OHIF registers a probe point asynchronously
@@ -147,12 +168,27 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             _click(page, views[0], 0.47, 0.57)
             time.sleep(1)
             before = views[0].screenshot()
+            t0 = time.time()
             with page.expect_response(lambda r: "/infer/sam2_box" in r.url, timeout=600_000) as good:
                 run.click()
+                _wait_text(page, "SAM 2 running", 10_000)
+                try:  # for the screenshot: the counter past 0 s, unless the answer comes first
+                    page.wait_for_function(r"/running[\s\S]*: [1-9][0-9]* s|done in/.test(document.body.innerText)", timeout=5_000)
+                except Exception:  # noqa: BLE001 - playwright's TimeoutError: the toast still says 0 s
+                    pass
+                steps.shot("box-running")
+            seconds = time.time() - t0
             response = good.value
             params = _params(response.request)
             assert response.status == 200, (response.text(), json.dumps(params))
             assert len(params["foreground"]) == 2 and "roi" not in params, params
+            _, box_mask = nrrd_mask(response.body())
+            _wait_text(page, "done in")
+            toasts = page.evaluate("window.__toasts")
+            running = [s for s in toasts if s.startswith("SAM 2 running")]
+            assert running and running[0].endswith(": 0 s"), toasts
+            if seconds > 3:  # the counter moved while the server worked
+                assert any(re.search(r": [1-9][0-9]* s$", s) for s in running), toasts
             # Drawn: the axial view changes (the console line tests/test_ohif_browser.py waits for did not
             # reach Playwright in this flow, though the mask is on screen; so the pixels are compared).
             t0 = time.time()
@@ -161,69 +197,107 @@ def test_ohif_loop_next_sample_box_error_progress_correct_save(stack):
             assert _changed(before, views[0].screenshot()) >= 2000, "the box's answer is drawn on the axial view"
             steps.shot("box-answered")
 
-            # 5. a bad request: a third click is no box; the 400 names the problem, OHIF shows its fixed text
+            # 5. a bad request: a third click is no box; the server's reason is shown, not only OHIF's fixed text
             _click(page, views[0], 0.42, 0.52)
             time.sleep(1)
             with page.expect_response(lambda r: "/infer/sam2_box" in r.url, timeout=120_000) as bad:
                 run.click()
-            assert bad.value.status == 400 and "two foreground clicks" in bad.value.text()
+            detail = bad.value.json()["detail"]
+            assert bad.value.status == 400 and "two foreground clicks" in detail
             assert len(_params(bad.value.request)["foreground"]) == 3
-            _wait_text(page, "Failed to Run Inference for Point Prompts")
+            _wait_text(page, "refused (HTTP 400)")
+            _wait_text(page, detail)
             time.sleep(0.5)  # the toast slides in
             steps.shot("error-shown")
             assert _server_line(srv, "/infer/sam2_box", "400"), "the server log has the refused request's line"
 
-            # 6. correct and save in the Segmentation mode: brush, download the SEG, upload it
-            ctx.close()
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-            ctx = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
-            page = steps.page = _page(ctx, logs)
-            page.goto(f"{srv.url}/ohif/segmentation?StudyInstanceUIDs={STUDY_UID}")
-            page.get_by_text("Confirm and Hide").click()
-            _wait_text(page, "/20)", 120_000)
-            page.get_by_text("Add Segmentation").click()
-            page.locator("[data-cy=Brush]").click()
-            pane = page.locator("[data-cy=viewport-pane]").first.bounding_box()
-            x, y = pane["x"] + pane["width"] * 0.42, pane["y"] + pane["height"] * 0.5
-            page.mouse.move(x, y)
-            page.mouse.down()
-            for d in range(0, 60, 3):
-                page.mouse.move(x + d, y + d / 2)
-            page.mouse.up()
-            time.sleep(1)
-            steps.shot("brush-correction")
-            page.get_by_text("Segmentation 1", exact=True).first.locator("xpath=preceding::*[name()='svg'][1]").click()
-            page.get_by_text("Export & Download").hover()
-            steps.shot("segmentation-menu")
-            with page.expect_download() as download:
-                page.get_by_text("Download DICOM SEG").click()
-            seg_path = os.path.join(ARTIFACTS, "ohif-seg.dcm")
-            download.value.save_as(seg_path)
-            seg = pydicom.dcmread(seg_path)
-            assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID
+            assert not pacs.series("SEG"), "the refused empty save stored nothing"
+            # 6. save: the SAM 2 mask the panel drew goes to the PACS as a SEG and becomes the final label
+            with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
+                page.locator("[data-cy=Sam2SaveLabel]").click()
+            assert saved.value.status == 200, saved.value.text()
+            assert saved.value.request.method == "PUT" and f"image={SERIES_UID}" in saved.value.url
+            assert "tag=final" in saved.value.url
+            _wait_text(page, "Label saved")
+            # the error notice (20 s, to be read) went away with the user's next action
+            page.wait_for_function("!document.body.innerText.includes('refused (HTTP 400)')", timeout=5_000)
+            time.sleep(1)  # the "saving" toast slides out
+            steps.shot("saved")
+            first = _final_seg(pacs, srv)
+            pushed, names = _seg_on_series(pacs, first)
+            assert names == {1: "object"}, names
+            assert np.array_equal(pushed > 0, box_mask > 0), (int((pushed > 0).sum()), int((box_mask > 0).sum()))
 
-            page.goto(f"{srv.url}/ohif/")
-            page.get_by_text("Upload", exact=True).click()
-            with page.expect_response(lambda r: r.request.method == "POST" and "/studies" in r.url, timeout=120_000) as stow:
-                page.locator("input[type=file]").first.set_input_files(seg_path)
-            assert stow.value.status == 200, stow.value.text()
-            time.sleep(2)
-            steps.shot("uploaded")
+            # 7. correct with the brush and the eraser, save again: the new SEG replaces the first as the final label
+            for tool, fx, fy in (("Sam2Brush", 0.25, 0.47), ("Sam2Eraser", 0.50, 0.44)):
+                page.locator(f"[data-cy={tool}]").click()
+                before = views[0].screenshot()
+                _stroke(page, views[0], fx, fy)
+                changed = _changed(before, views[0].screenshot())
+                assert changed >= 500, f"the {tool} stroke is drawn ({changed} pixels changed)"
+            steps.shot("brush-correction")
+            with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
+                page.locator("[data-cy=Sam2SaveLabel]").click()
+            assert saved.value.status == 200, saved.value.text()
+            _wait_text(page, "Label saved")
+            time.sleep(1)
+            steps.shot("saved-again")
             ctx.close()
-            browser.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
         with open(os.path.join(ARTIFACTS, "console.log"), "w") as f:
             f.write("\n".join(logs))
 
-    # the PACS holds the SEG; the app counts the series labelled and lists the final label
-    segs = pacs.series("SEG")
-    assert [s["0020000E"]["Value"][0] for s in segs] == [str(seg.SeriesInstanceUID)]
+    second = _final_seg(pacs, srv)
+    assert second != first
+    assert sorted(s["0020000E"]["Value"][0] for s in pacs.series("SEG")) == sorted([first, second])
+    corrected, names = _seg_on_series(pacs, second)
+    assert names == {1: "object"}, names
+    added, removed = int(((corrected > 0) & (pushed == 0)).sum()), int(((pushed > 0) & (corrected == 0)).sum())
+    assert added and removed, "the brush added voxels, the eraser removed some"
+    print(f"box answered in {seconds:.1f} s; first SEG {int((pushed > 0).sum())} voxels; the correction added "
+          f"{added}, removed {removed}")
     stats = requests.get(f"{srv.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["completed"] == 1 and stats["total"] == 1, stats
     final = requests.get(f"{srv.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"][SERIES_UID]["labels"]["final"]
-    assert final["info"]["SeriesInstanceUID"] == str(seg.SeriesInstanceUID)
+    assert final["info"]["SeriesInstanceUID"] == second and final["info"]["replaces"], final["info"]
     assert requests.post(f"{srv.url}/activelearning/first", json={"client_id": "x"}, timeout=60).json() == {}
+
+
+def _stroke(page, view, fx: float, fy: float) -> None:
+    """A 100-pixel drag to the right starting at (fx, fy) of the view."""
+    box = view.bounding_box()
+    x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for d in range(0, 100, 4):
+        page.mouse.move(x + d, y + d / 4)
+    page.mouse.up()
+    time.sleep(1)
+
+
+def _final_seg(pacs, srv) -> str:
+    """The SEG series the datastore lists as the series' final label, after checking Orthanc holds it."""
+    final = requests.get(f"{srv.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"][SERIES_UID]
+    uid = final["labels"]["final"]["info"]["SeriesInstanceUID"]
+    assert uid in [s["0020000E"]["Value"][0] for s in pacs.series("SEG")], "Orthanc holds the saved SEG"
+    return uid
+
+
+def _seg_on_series(pacs, seg_series: str):
+    """The SEG as Orthanc holds it, read onto the CT's grid ([k, j, i]), and its segment names."""
+    from lib.datastore.seg import read_seg_on_series
+
+    found = requests.post(f"{pacs.url}/tools/find", json={"Level": "Instance", "Query": {"SeriesInstanceUID": seg_series}},
+                          timeout=30).json()
+    assert len(found) == 1, found
+    seg = requests.get(f"{pacs.url}/instances/{found[0]}/file", timeout=60).content
+    path = os.path.join(ARTIFACTS, f"{seg_series}.dcm")
+    with open(path, "wb") as f:
+        f.write(seg)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert ds.Modality == "SEG" and ds.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID
+    return read_seg_on_series(path, shared("totalseg_ct_dicom", "dicom_uids"))
 
 
 def _server_line(srv, path: str, status: str) -> str:

@@ -68,3 +68,14 @@ def test_ohif_reads_the_apps_config_with_a_store_target(server):
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
     assert "stowRoot: '/proxy/dicom/stow'" in r.text and "wadoRoot: '/proxy/dicom/wado'" in r.text
     assert "dicomUploadEnabled: true" in r.text and "supportsReject: false" in r.text  # upload: the way to store a SEG
+
+
+def test_ohif_loads_the_apps_extension_as_a_module(server):
+    """app-config.js names the extension; the server hands it out as JavaScript, as an ES module import needs."""
+    config = requests.get(f"{server.url}/ohif/app-config.js", timeout=30).text
+    assert "extensions: ['/ohif/sam2-3d/extension.mjs']" in config
+    r = requests.get(f"{server.url}/ohif/sam2-3d/extension.mjs", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript"), r.headers
+    assert "export default" in r.text and "sam2SaveLabel" in r.text
+    # nothing else of the app's folder is reachable through that path
+    assert requests.get(f"{server.url}/ohif/sam2-3d/app-config.js", timeout=30).status_code == 404

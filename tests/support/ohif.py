@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from conftest import Server, shared
 
@@ -16,6 +17,14 @@ SERIES_UID = "1.2.826.0.1.3680043.8.498.97006710487569071056074638989990160491"
 CHROMIUM = os.environ.get("SAM2_3D_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
+
+
+def nrrd_mask(body: bytes) -> tuple[dict, np.ndarray]:
+    """The header fields and the ``[k, j, i]`` array of the raw uint8 NRRD OHIF's panel asks /infer for."""
+    head, _, data = body.partition(b"\n\n")
+    fields = dict(line.split(": ", 1) for line in head.decode().splitlines()[1:] if ": " in line)
+    sizes = [int(s) for s in fields["sizes"].split()]
+    return fields, np.frombuffer(data, dtype=np.uint8).reshape(sizes[::-1])  # i fastest
 
 
 def orthanc_and_server(tmp_path_factory, name: str):

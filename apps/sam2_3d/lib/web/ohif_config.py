@@ -5,6 +5,9 @@
   Everything the viewer stores (its study list's Upload, a Segmentation-mode export) goes through the
   app's checking STOW route (``lib/datastore/stow_proxy.py``), which makes a SEG the final label. The
   bundle itself is monailabel's, unchanged (a prebuilt viewer; its configuration is meant to be edited).
+* ``GET /ohif/sam2-3d/extension.mjs``: the app's OHIF extension (``ohif/sam2-3d-extension.mjs``), listed in
+  that configuration and imported by the viewer at start-up: Save label / Brush / Eraser buttons in the MONAI
+  Label mode, a running toast for every ``/infer/`` request and the server's ``detail`` when one is refused.
 * ``GET /info/`` asked by that viewer (its page, under ``/ohif/``, is the request's ``Referer``):
   - the app's ``name`` says which weights are served: it is the one line of ``/info/`` OHIF's MONAI Label
     panel displays (model descriptions never appear there), and an untrained network must not pass
@@ -33,11 +36,17 @@ from .monailabel_adapter import install_routes_first
 logger = logging.getLogger(__name__)
 
 CONFIG = os.path.join(os.path.dirname(__file__), "ohif", "app-config.js")
+EXTENSION = os.path.join(os.path.dirname(__file__), "ohif", "sam2-3d-extension.mjs")
 NOT_FOR_OHIF = {"sam2_propagate": "needs a mask file; OHIF's MONAI Label panel sends clicks only"}
 
 
 async def app_config(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
     return FileResponse(CONFIG, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
+
+
+async def extension(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    """The app's OHIF extension (save, brush, progress, error text), imported by OHIF as an ES module."""
+    return FileResponse(EXTENSION, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
 
 def from_ohif(request: Request) -> bool:
@@ -70,6 +79,7 @@ async def info(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_
 
 
 def install(fastapi_app) -> None:
-    if not install_routes_first(fastapi_app, [("/info/", info, ["GET"]), ("/ohif/app-config.js", app_config, ["GET"])]):
+    if not install_routes_first(fastapi_app, [("/info/", info, ["GET"]), ("/ohif/sam2-3d/extension.mjs", extension, ["GET"]),
+                                              ("/ohif/app-config.js", app_config, ["GET"])]):
         return
     logger.info(f"/ohif/app-config.js served from {CONFIG}; /info/ for OHIF names the weights, without {list(NOT_FOR_OHIF)}")

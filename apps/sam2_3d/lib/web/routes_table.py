@@ -83,6 +83,8 @@ ROUTES: list[Route] = [
           "files inside monailabel's OHIF folder only (404 for `..` and anything outside)"),
     Route(("GET",), "/ohif/app-config.js", OHIF, "user",
           "none needed: the app's own OHIF configuration (lib/web/ohif_config.py)"),
+    Route(("GET",), "/ohif/sam2-3d/extension.mjs", OHIF, "user",
+          "none needed: the app's own OHIF extension, one fixed file (lib/web/ohif_config.py)"),
     *[Route(("POST",), p, OHIF, "annotator",
             "404 unless the datastore is DICOMweb; multipart DICOM only (415); a SEG must reference a series of the "
             "datastore and lie on its grid (400/422) before the PACS sees it (lib/datastore/stow_proxy.py)")

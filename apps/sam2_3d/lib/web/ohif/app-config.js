@@ -6,10 +6,12 @@
 // Upload is on: in this build the Segmentation mode's "Export DICOM SEG" fails (TypeError), so a SEG is
 // saved by "Download DICOM SEG" and the study list's Upload, which stores through the same route.
 // Reject (delete from the PACS) is off.
+// `extensions` loads the app's own extension at run time (lib/web/ohif/sam2-3d-extension.mjs): Save label,
+// Brush and Eraser in the MONAI Label mode's toolbar, SAM 2 progress and the server's error text.
 window.config = {
   routerBasename: '/ohif/',
   showStudyList: true,
-  extensions: [],
+  extensions: ['/ohif/sam2-3d/extension.mjs'],
   modes: [],
   showWarningMessageForCrossOrigin: true,
   showCPUFallbackMessage: true,
