@@ -21,6 +21,9 @@ cases by Dice (Spearman rho; SAM 2's object score alongside).
 
     python benchmarks/finetune_demo.py --out /tmp/demo
 
+``--objects each`` trains on every BraTS label value as its own object instead of the whole tumour (the
+held-out evaluation stays the whole tumour); reports/finetune_demo/README.md compares the two.
+
 Writes OUT/finetuned/ (the version, if one beat the starting weights) and OUT/summary.json. Exit 1 when
 the fine-tuned model follows prompts worse than the base one (the check that can fail on random weights).
 """
