@@ -141,7 +141,7 @@ def test_versions_load_live_pin_and_roll_back(engine, tmp_path):
     finally:
         manager.pin = "none"
         weights.ensure_weights(engine)
-        weights._MANAGERS.pop(engine, None)
+        weights.detach(engine)
     assert torch.equal(engine.predictor.state_dict()[key], base_value)
 
 

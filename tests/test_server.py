@@ -2,7 +2,7 @@
 
 One server for the whole module (``server`` fixture in conftest): SAM 2.1 tiny, RANDOM WEIGHTS, 256 px.
 Its masks are meaningless, so these tests check protocol, geometry, ranges, sessions and errors, not
-accuracy. Request formats follow shared/reference/clients.md.
+accuracy. Request formats follow docs/clients.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """3D Slicer's code path: monailabel's own ``MONAILabelClient`` (the module Slicer's MONAI Label extension
-uses) against the real server, sending exactly the parameters Slicer sends (shared/reference/clients.md).
+uses) against the real server, sending exactly the parameters Slicer sends (docs/clients.md).
 
 Server: real ``monailabel start_server`` (SAM 2.1 tiny, RANDOM WEIGHTS, 256 px) on its own copy of two
 volumes. The Slicer GUI itself cannot run here (no Slicer build for this machine); its client module does.

@@ -29,11 +29,12 @@ from lib.datastore.confined import ConfinedLocalDatastore
 from lib.datastore.dicomweb import Sam2DICOMWebDatastore
 from lib.datastore.history import DEFAULT_HISTORY
 from lib.datastore.names import check_name
+from lib.engine import sam2_adapter
 from lib.engine.checkpoints import CheckpointCorrupt, CheckpointMissing
-from lib.engine.errors import ImageNotFound, UnknownOption
+from lib.engine.errors import UnknownOption, unknown_image
 from lib.engine.options import check_conf
 from lib.infers import work_caps
-from lib.web import request_log
+from lib.web import monailabel_adapter, request_log
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,8 @@ def _exit_at_start_up(message: str) -> None:
     os._exit(2)
 
 
-# The versions whose internals the app relies on (SAM 2's inference state and predictor methods,
-# monailabel's endpoints and app class); scripts/setup.sh installs exactly these.
-WRITTEN_AGAINST = {"sam2": "1.1.0", "monailabel": "0.8.5"}
+# The versions whose internals the adapters use (their TOUCH_POINTS); scripts/setup.sh installs exactly these.
+WRITTEN_AGAINST = {adapter.PACKAGE: adapter.WRITTEN_AGAINST for adapter in (sam2_adapter, monailabel_adapter)}
 
 
 def _check_versions() -> None:
@@ -222,10 +222,7 @@ class Sam2App(MONAILabelApp):
             if self.studies.startswith(("http://", "https://")):
                 pass  # the DICOMweb datastore answers 404/400 for an unknown or malformed UID itself
             elif image not in store.list_images():
-                raise ImageNotFound(
-                    f"unknown image {image!r}: it is not in the datastore, and no live session holds it "
-                    f"(a session_id may have expired)"
-                )
+                raise unknown_image(image)
         result = super().infer(request, datastore)
         params = result.get("params") or {}
         request_log.note(slices=request_log.slices_text(params), client=request.get("client_id"))

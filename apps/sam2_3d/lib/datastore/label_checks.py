@@ -16,22 +16,17 @@ import zlib
 import numpy as np
 import SimpleITK as sitk
 
+from ..common import LABEL_EXTENSIONS, file_extension
 from ..engine.errors import InvalidLabel, UnreadableImage
-from ..engine.geometry import read_dicom_series
+from ..engine.geometry import grid_differences, grid_of, read_dicom_series
 from .header_checks import check_volume_file
-
-LABEL_EXTENSIONS = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
-SPACING_RTOL = 1e-3  # relative, per axis
-ORIGIN_TOL = 1e-2  # in units of the smallest spacing (mm-level floats written by other tools differ)
-DIRECTION_TOL = 1e-4
 
 
 def label_extension(path: str) -> str:
     """The label file's extension if it is one the datastore keeps; else 415 naming the allowed ones."""
-    lower = os.path.basename(path).lower()
-    for ext in LABEL_EXTENSIONS:
-        if lower.endswith(ext):
-            return ext
+    ext = file_extension(path, LABEL_EXTENSIONS)
+    if ext:
+        return ext
     raise UnreadableImage(
         f"label file {os.path.basename(path)!r} has an extension the datastore does not keep; use one of "
         f"{', '.join(LABEL_EXTENSIONS)}"
@@ -51,10 +46,8 @@ def _info(path: str, what: str = "label") -> sitk.ImageFileReader:
 
 def _image_grid(image_path: str):
     if os.path.isdir(image_path):  # a DICOM series in a DICOMweb cache
-        image = read_dicom_series(image_path)
-        return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
-    r = _info(image_path, "image")
-    return r.GetSize(), r.GetSpacing(), r.GetOrigin(), r.GetDirection()
+        return grid_of(read_dicom_series(image_path))
+    return grid_of(_info(image_path, "image"))
 
 
 def _read_all(path: str) -> np.ndarray:
@@ -91,15 +84,11 @@ def check_label_file(label_path: str, image_path: str) -> None:
         raise InvalidLabel(f"the label is {info.GetDimension()}D with size {list(info.GetSize())}; a 3D label is needed")
     if info.GetNumberOfComponents() != 1:
         raise InvalidLabel(f"the label has {info.GetNumberOfComponents()} components per voxel; one is needed")
-    size, spacing, origin, direction = _image_grid(image_path)
-    if tuple(info.GetSize()) != tuple(size):
-        raise InvalidLabel(f"label size {list(info.GetSize())} differs from the image size {list(size)}")
-    if not np.allclose(info.GetSpacing(), spacing, rtol=SPACING_RTOL, atol=0):
-        raise InvalidLabel(f"label spacing {_r(info.GetSpacing())} differs from the image spacing {_r(spacing)}")
-    if not np.allclose(info.GetOrigin(), origin, rtol=0, atol=ORIGIN_TOL * min(spacing)):
-        raise InvalidLabel(f"label origin {_r(info.GetOrigin())} differs from the image origin {_r(origin)}")
-    if not np.allclose(info.GetDirection(), direction, rtol=0, atol=DIRECTION_TOL):
-        raise InvalidLabel(f"label direction {_r(info.GetDirection())} differs from the image direction {_r(direction)}")
+    differences = grid_differences(grid_of(info), _image_grid(image_path))
+    if differences:
+        what, ours, theirs = differences[0]
+        show = list if what == "size" else _r
+        raise InvalidLabel(f"label {what} {show(ours)} differs from the image {what} {show(theirs)}")
     data = _read_all(label_path)
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.bool_)):
         if not np.issubdtype(data.dtype, np.floating) or not np.all(np.isfinite(data)) or np.any(data != np.round(data)):

@@ -24,12 +24,13 @@ import tempfile
 import pydicom
 import requests
 from fastapi import Depends, HTTPException, Request, Response
-from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 from starlette.concurrency import run_in_threadpool
+
+from ..web.monailabel_adapter import install_routes_first
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +115,6 @@ async def stow(request: Request, study: str = "",
 
 
 def install(fastapi_app) -> None:
-    routes = fastapi_app.router.routes
-    if any(getattr(r, "endpoint", None) is stow for r in routes):
+    if not install_routes_first(fastapi_app, [(path, stow, ["POST"]) for path in PATHS]):
         return
-    for path in reversed(PATHS):
-        routes.insert(0, APIRoute(settings.MONAI_LABEL_API_STR + path, stow, methods=["POST"], include_in_schema=False))
     logger.info("STOW-RS through the app: a viewer's DICOM SEG is checked, stored in the PACS and made the final label")

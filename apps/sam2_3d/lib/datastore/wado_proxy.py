@@ -18,9 +18,10 @@ import logging
 
 import requests
 from fastapi import Depends, Request, Response
-from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
+
+from ..web.monailabel_adapter import install_routes_first
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,7 @@ async def wado_get(request: Request, path: str, user: User = Depends(RBAC(settin
 
 def install(fastapi_app) -> bool:
     """Put the route first in the web app's routing table (once)."""
-    full = settings.MONAI_LABEL_API_STR + PATH
-    routes = fastapi_app.router.routes
-    if any(getattr(r, "endpoint", None) is wado_get for r in routes):
+    if not install_routes_first(fastapi_app, [(PATH, wado_get, ["GET"])]):
         return False
-    routes.insert(0, APIRoute(full, wado_get, methods=["GET"], include_in_schema=False))
-    logger.info(f"{full}: WADO-RS proxy forwarding the viewer's Accept header (no transcoding in the PACS)")
+    logger.info(f"{settings.MONAI_LABEL_API_STR + PATH}: WADO-RS proxy forwarding the viewer's Accept header (no transcoding in the PACS)")
     return True

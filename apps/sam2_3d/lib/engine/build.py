@@ -11,19 +11,26 @@ import torch
 from .checkpoints import CheckpointCorrupt, resolve_checkpoint
 from .engine import Sam2VolumeEngine
 from .model import RANDOM_WEIGHTS_WARNING, build_predictor
-from .options import parse_bool as _flag
+from .options import option
 
 logger = logging.getLogger(__name__)
 
 
 def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
-    """Build the engine from string options; shared by the app, the evaluation and the benchmark."""
-    random_weights = _flag(conf.get("random_weights", "false"))
-    ckpt = resolve_checkpoint(conf.get("checkpoint"), random_weights=random_weights, config=conf.get("config"),
-                              verify=_flag(conf.get("verify", "false")))
-    device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = conf.get("dtype") or ("bfloat16" if device.startswith("cuda") else None)
-    image_size = int(conf["image_size"]) if conf.get("image_size") else None
+    """Build the engine from string options; shared by the app, the evaluation and the benchmark.
+
+    Each value is read by its one rule in ``options.OPTIONS`` (an empty value counts as not given)."""
+    given = {key: value for key, value in conf.items() if value not in (None, "")}
+
+    def get(key: str, default):
+        return option(given, key, default)
+
+    random_weights = get("random_weights", False)
+    ckpt = resolve_checkpoint(get("checkpoint", None), random_weights=random_weights, config=get("config", None),
+                              verify=get("verify", False))
+    device = get("device", "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = get("dtype", "bfloat16" if device.startswith("cuda") else None)
+    image_size = get("image_size", None)
     if device.startswith("cuda") and torch.cuda.get_device_properties(torch.device(device)).major >= 8:
         # TF32 for what runs outside bf16 autocast, as SAM 2's demos and MONAI Label's built-in task set it
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -31,7 +38,7 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
     if random_weights:
         # Random weights are drawn from a fixed seed so that tests, benchmarks and distributed
         # evaluation workers all build the same untrained network.
-        torch.manual_seed(int(conf.get("seed", 0)))
+        torch.manual_seed(get("seed", 0))
     try:
         predictor = build_predictor(ckpt, device=device, image_size=image_size)
     except Exception as e:  # torch.load of a damaged file raises almost anything (IndexError, UnpicklingError ...)
@@ -56,21 +63,21 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         predictor,
         device=device,
         dtype=dtype,
-        max_sessions=int(conf.get("max_sessions", 8)),
-        max_session_bytes=int(float(conf.get("max_session_gb", 4.0)) * (1 << 30)),
-        max_volumes=int(conf.get("max_volumes", 4)),
-        session_ttl_s=float(conf.get("session_ttl_hours", 24)) * 3600,
-        feature_cache_bytes=int(float(conf.get("feature_cache_gb", 2.0)) * (1 << 30)),
-        feature_batch_size=int(conf.get("feature_batch_size", 8 if device.startswith("cuda") else 1)),
+        max_sessions=get("max_sessions", 8),
+        max_session_bytes=int(get("max_session_gb", 4.0) * (1 << 30)),
+        max_volumes=get("max_volumes", 4),
+        session_ttl_s=get("session_ttl_hours", 24) * 3600,
+        feature_cache_bytes=int(get("feature_cache_gb", 2.0) * (1 << 30)),
+        feature_batch_size=get("feature_batch_size", 8 if device.startswith("cuda") else 1),
         random_weights=random_weights,
         checkpoint_name=ckpt.name,
-        offload_state_above=int(conf.get("offload_state_above", 256)),
+        offload_state_above=get("offload_state_above", 256),
     )
-    if _flag(conf.get("compile", "false")):
+    if get("compile", False):
         if device.startswith("cuda"):
             from .compiled import DEFAULT_MODE, compile_engine
 
-            engine.compiled = compile_engine(engine, conf.get("compile_mode") or DEFAULT_MODE, conf.get("compile_cache"))
+            engine.compiled = compile_engine(engine, get("compile_mode", DEFAULT_MODE), get("compile_cache", None))
         else:
             logger.warning(f"--conf compile true applies to CUDA only: on {device} SAM 2 runs eagerly, as without it")
     return engine

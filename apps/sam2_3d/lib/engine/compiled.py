@@ -13,7 +13,7 @@ modules that run on every tracked slice:
   fixed padding point. A prompted slice (any number of clicks, a box, a mask) runs them eagerly, so a
   user's sixth click never waits on a recompile; those slices are few and not where the time goes.
 
-The image encoder stays eager: it already runs in batches at GPU speed (5.2 ms per slice for tiny).
+The image encoder stays eager: it already runs in batches (``feature_batch_size``; GPU figures in docs/benchmark.md).
 
 Compiled code is cached on disk (inductor's FX graph and AOT autograd caches, and Triton's kernels, all
 under one folder), so the next start with the same model, image size and torch version skips the
@@ -32,6 +32,7 @@ import torch
 from sam2.sam2_video_predictor import SAM2VideoPredictorVOS
 
 from .model import VolumePredictor, lazy_constants_as
+from .sam2_adapter import become
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = Non
     # now, eagerly, they are not traced into a first-call variant that never runs again.
     _exercise(engine)
     lazy_constants_as(predictor, inference=True)  # the kind serving after a training run has too
-    predictor.__class__ = CompiledVolumePredictor
+    become(predictor, CompiledVolumePredictor)
     predictor.compiled_calls = Counter()
     predictor.compile_failures = {}
     for name, dynamic, tracking_only in COMPILED_MODULES:

@@ -49,3 +49,11 @@ class InvalidLabel(EngineInputError):
     """An uploaded label that is not a usable label of its image: wrong grid, not integer, truncated (HTTP 422)."""
 
     status_code = 422
+
+
+def unknown_image(image) -> ImageNotFound:
+    """The one answer for an image id that names nothing: checked by the app before the task, and by the task."""
+    return ImageNotFound(
+        f"unknown image {image!r}: it is not in the datastore, and no live session holds it (a session_id may have "
+        f"expired)"
+    )

@@ -1,6 +1,6 @@
 """The one place where voxel indices, SAM 2 frames and image geometry meet.
 
-Convention (what Slicer and OHIF send, see shared/reference/clients.md): a point is the voxel index
+Convention (what Slicer and OHIF send, see docs/clients.md): a point is the voxel index
 ``[i, j, k]`` of the file's own grid. SimpleITK arrays are indexed ``[k, j, i]``, so
 
 * a **frame** is the slice ``k`` of the volume: ``array[k]``, an image of height J and width I;
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -97,10 +97,6 @@ class SliceGeometry:
     def __post_init__(self):
         if self.axis not in AXES:
             raise PromptError(f"axis {self.axis!r} is not one of i, j, k")
-
-    @classmethod
-    def of(cls, image: sitk.Image, axis: str = "k") -> "SliceGeometry":
-        return cls(tuple(int(s) for s in image.GetSize()), axis)
 
     @classmethod
     def of_array(cls, array_kji: np.ndarray, axis: str = "k") -> "SliceGeometry":
@@ -272,6 +268,32 @@ def write_label(label: sitk.Image, path: str) -> str:
     return path
 
 
+# A label is on its image's grid when these agree (floats written by other tools differ at the mm level).
+SPACING_RTOL = 1e-3  # relative, per axis
+ORIGIN_TOL = 1e-2  # in units of the smallest spacing
+DIRECTION_TOL = 1e-4
+
+
+def grid_of(image) -> tuple[tuple, tuple, tuple, tuple]:
+    """(size, spacing, origin, direction) of a SimpleITK image or of a reader that read its header."""
+    return tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection())
+
+
+def grid_differences(label_grid: tuple, image_grid: tuple) -> list[tuple[str, tuple, tuple]]:
+    """The one rule of "a label on its image's grid": each of size (first 3 axes), spacing, origin and
+    direction that differs, as (what, the label's, the image's); empty when the label lies on the grid."""
+    (size, spacing, origin, direction), (isize, ispacing, iorigin, idirection) = label_grid, image_grid
+    differences = []
+    if tuple(size)[:3] != tuple(isize)[:3]:
+        differences.append(("size", tuple(size), tuple(isize)))
+    for what, a, b, rtol, atol in (("spacing", spacing, ispacing, SPACING_RTOL, 0.0),
+                                   ("origin", origin, iorigin, 0.0, ORIGIN_TOL * min(ispacing)),
+                                   ("direction", direction, idirection, 0.0, DIRECTION_TOL)):
+        if len(a) != len(b) or not np.allclose(a, b, rtol=rtol, atol=atol):
+            differences.append((what, tuple(a), tuple(b)))
+    return differences
+
+
 def read_label_on(path: str, reference: sitk.Image) -> np.ndarray:
     """Read a label file that must lie on the reference grid; return it as a ``[k, j, i]`` array."""
     sitk = _sitk()
@@ -283,7 +305,3 @@ def read_label_on(path: str, reference: sitk.Image) -> np.ndarray:
             f"label size {list(label.GetSize())} differs from the image size {list(reference.GetSize())}"
         )
     return sitk.GetArrayFromImage(label)
-
-
-def sorted_unique(values: Iterable[int]) -> list[int]:
-    return sorted({int(v) for v in values})

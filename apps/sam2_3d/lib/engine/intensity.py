@@ -38,20 +38,9 @@ class IntensityPreset:
         return self.name if self.center is None else f"window({self.center:g},{self.width:g})"
 
 
-def preset_from_params(params: dict) -> IntensityPreset:
-    """Read ``preset`` or ``window_center``/``window_width`` from request params."""
-    wc, ww = params.get("window_center"), params.get("window_width")
-    if wc is not None or ww is not None:
-        try:
-            wc, ww = float(wc), float(ww)
-        except (TypeError, ValueError) as e:
-            raise UnknownOption(
-                f"window_center and window_width must both be numbers, got {wc!r} and {ww!r}"
-            ) from e
-        if ww <= 0:
-            raise UnknownOption(f"window_width must be > 0, got {ww}")
-        return IntensityPreset("window", wc, ww)
-    name = params.get("preset") or "auto"
+def named_preset(name) -> IntensityPreset:
+    """A preset by name (``auto`` when none is given); a custom window is built by the caller."""
+    name = name or "auto"
     if isinstance(name, list):  # Slicer sends back config lists' first element, but be lenient
         name = name[0]
     name = str(name).lower()

@@ -20,12 +20,12 @@ import threading
 from collections import OrderedDict
 from contextlib import nullcontext
 
-import sam2.sam2_video_predictor as sam2_video_predictor_module
 import torch
 from sam2.build_sam import build_sam2_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from .checkpoints import ResolvedCheckpoint
+from .sam2_adapter import become, frames_from_memory
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +119,16 @@ class VolumeFeatures:
         self.volume_key = volume_key
         self.cache = cache
         self.batch_size = max(1, int(batch_size))
-        # Set by the engine before each pass so a miss prefetches the frames the pass will need next.
         self.direction = 1
         self.bounds = (0, len(frames) - 1)
         self.frames_encoded = 0
         self._ahead = None  # (indices, future of their resized uint8 slices): the next batch, made early
+
+    def plan_pass(self, lo: int, hi: int, direction: int = 1) -> None:
+        """The slices the next pass will ask for, in which order: a miss then encodes (and prefetches) the
+        pass's next slices with it. SAM 2 asks frame by frame and cannot say so itself."""
+        self.bounds = (lo, hi)
+        self.direction = direction
 
     def _encode(self, indices: list[int]) -> None:
         device = self.model.device
@@ -190,9 +195,6 @@ class VolumePredictor(SAM2VideoPredictor):
         return super()._get_image_feature(inference_state, frame_idx, batch_size)
 
 
-_init_state_lock = threading.Lock()
-
-
 def init_state_from_frames(
     predictor: VolumePredictor, frames, features: VolumeFeatures, height: int, width: int,
     offload_state_to_cpu: bool = False,
@@ -203,18 +205,10 @@ def init_state_from_frames(
     keeps SAM 2's per-slice outputs (memory features, masks) in CPU memory, which bounds GPU memory on
     long volumes at a small cost per slice (SAM 2's own option)."""
 
-    def load_in_memory_frames(**_kwargs):
-        return frames, height, width
-
-    with _init_state_lock:
-        original = sam2_video_predictor_module.load_video_frames
-        sam2_video_predictor_module.load_video_frames = load_in_memory_frames
-        try:
-            state = predictor.init_state(
-                video_path="<in-memory volume>", offload_video_to_cpu=True, offload_state_to_cpu=offload_state_to_cpu
-            )
-        finally:
-            sam2_video_predictor_module.load_video_frames = original
+    with frames_from_memory(frames, height, width):
+        state = predictor.init_state(
+            video_path="<in-memory volume>", offload_video_to_cpu=True, offload_state_to_cpu=offload_state_to_cpu
+        )
     state["volume_features"] = features
     return state
 
@@ -258,7 +252,7 @@ def build_predictor(checkpoint: ResolvedCheckpoint, device: str = "cpu", image_s
         checkpoint.config, ckpt_path=checkpoint.path, device=device, hydra_overrides_extra=overrides
     )
     # Swap in our subclass; it adds no state, it only changes where image features come from.
-    predictor.__class__ = VolumePredictor
+    become(predictor, VolumePredictor)
     # The hole-filling post-processing needs SAM 2's CUDA extension, which CPU installs do not build;
     # without it SAM 2 logs a warning on every frame. Fill nothing, so CPU and GPU behave the same.
     predictor.fill_hole_area = 0

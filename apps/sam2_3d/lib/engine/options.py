@@ -11,25 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..common import parse_bool, parse_int
 from .errors import UnknownOption
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def parse_bool(value) -> bool:
-    """The one reading of a yes/no option: true/false, yes/no, on/off, 1/0 (any case)."""
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(value)
 
 
 def _int(low: int, high: int | None = None, multiple: int = 1) -> Callable[[str], int]:
     def parse(value) -> int:
-        number = int(str(value).strip())
+        number = parse_int(str(value))
         if number < low or (high is not None and number > high) or number % multiple:
             raise ValueError(value)
         return number

@@ -142,10 +142,6 @@ class PromptHistory:
         other._undo, other._redo = list(self._undo), list(self._redo)
         return other
 
-    def clear(self) -> None:
-        self._undo.clear()
-        self._redo.clear()
-
     @property
     def depth(self) -> tuple[int, int]:
         return len(self._undo), len(self._redo)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +34,20 @@ MAX_2D_CACHE = 64
 RECORD_BYTES = 64 << 10  # what a session's prompts and history count for, beyond their mask prompts
 
 
+@dataclass
+class LabelWork:
+    """One label of a session, in one place: its prompts (the truth), their undo history, and the SAM 2
+    state derived from them (None until needed, or after it was dropped: rebuilt from the prompts)."""
+
+    prompts: Prompts = field(default_factory=dict)
+    history: PromptHistory = field(default_factory=PromptHistory)
+    track: LabelTrack | None = None
+
+    def copy(self) -> "LabelWork":
+        """What :meth:`Session.all_or_nothing` puts back (prompts are replaced, never changed in place)."""
+        return LabelWork(self.prompts, self.history.copy(), self.track)
+
+
 class Session:
     def __init__(self, engine, volume, client_id: str, mode: str):
         self.engine = engine
@@ -44,9 +59,7 @@ class Session:
         self.features = VolumeFeatures(
             engine.predictor, volume.frames, volume.key, engine.feature_cache, engine.feature_batch_size
         )
-        self._tracks: dict[str, LabelTrack] = {}
-        self._prompts: dict[str, Prompts] = {}
-        self._history: dict[str, PromptHistory] = {}
+        self._labels: dict[str, LabelWork] = {}  # in the order the labels were first used
         self._cache_2d: dict[tuple, tuple[np.ndarray, float]] = {}
         self.locked: set[str] = set()  # labels whose voxels no other label's answer takes
         self.restarted: str | None = None  # why this client's previous session ended (its next answer says)
@@ -59,23 +72,26 @@ class Session:
     @property
     def labels(self) -> list[str]:
         """Labels in the order they were first used (their values in a combined map are 1, 2, ...)."""
-        return list(self._prompts)
+        return list(self._labels)
 
     def track(self, label: str | None = None) -> LabelTrack:
         label = label or self.label
-        if label not in self._tracks or self._tracks[label].generation != self.engine.state_generation:
-            self._tracks[label] = LabelTrack(self.engine, self.volume, self.features, label)
-            self._prompts.setdefault(label, {})
-            self._history.setdefault(label, PromptHistory())
-        return self._tracks[label]
+        work = self._labels.setdefault(label, LabelWork())
+        if work.track is None or work.track.generation != self.engine.state_generation:
+            work.track = LabelTrack(self.engine, self.volume, self.features, label)
+        return work.track
 
     def prompts(self, label: str | None = None) -> Prompts:
-        return dict(self._prompts.get(label or self.label, {}))
+        work = self._labels.get(label or self.label)
+        return dict(work.prompts) if work else {}
 
     @property
     def last(self) -> Propagation | None:
-        track = self._tracks.get(self.label)
-        return track.last if track else None
+        return self.result(self.label)
+
+    def _forget_states(self) -> None:
+        for work in self._labels.values():
+            work.track = None
 
     # -- SAM 2 states: a cache of the prompts -------------------------------------------------------
     def attach(self, volume) -> None:
@@ -85,7 +101,7 @@ class Session:
             self.volume = volume
             self.features = VolumeFeatures(self.engine.predictor, volume.frames, volume.key,
                                            self.engine.feature_cache, self.engine.feature_batch_size)
-            self._tracks.clear()
+            self._forget_states()
             self._cache_2d.clear()
 
     def drop_state(self, volume_too: bool = False) -> bool:
@@ -94,7 +110,7 @@ class Session:
         if not self.lock.acquire(blocking=False):
             return False
         try:
-            self._tracks.clear()
+            self._forget_states()
             self._cache_2d.clear()
             if volume_too:
                 self.volume = self.features = None
@@ -104,7 +120,7 @@ class Session:
 
     @property
     def has_state(self) -> bool:
-        return bool(self._tracks or self._cache_2d)
+        return any(work.track is not None for work in self._labels.values()) or bool(self._cache_2d)
 
     def take_restarted(self) -> str | None:
         why, self.restarted = self.restarted, None
@@ -113,9 +129,8 @@ class Session:
     def record_bytes(self) -> int:
         """What the session's prompts and history hold (mask prompts shared between snapshots count once)."""
         masks = {}
-        for label in self._prompts:
-            history = self._history.get(label)
-            for prompts in [self._prompts[label], *(history.snapshots() if history else [])]:
+        for work in self._labels.values():
+            for prompts in [work.prompts, *work.history.snapshots()]:
                 for p in prompts.values():
                     if p.mask is not None:
                         masks[id(p.mask)] = p.mask.nbytes
@@ -127,12 +142,11 @@ class Session:
         """A request's changes (current label, prompts, history, SAM 2 states) stand only if it succeeds:
         a refused request leaves the session exactly as it found it, its last answers included."""
         with self.lock:
-            saved = (self.label, dict(self._prompts), {n: h.copy() for n, h in self._history.items()},
-                     dict(self._tracks), set(self.locked))
+            saved = (self.label, {n: work.copy() for n, work in self._labels.items()}, set(self.locked))
             try:
                 yield
             except BaseException:
-                self.label, self._prompts, self._history, self._tracks, self.locked = saved
+                self.label, self._labels, self.locked = saved
                 raise
 
     def reset(self, label: str | None = None) -> None:
@@ -141,15 +155,11 @@ class Session:
         with self.lock:
             if label is None:
                 self.locked = set()
-                self._tracks.clear()
-                self._prompts.clear()
-                self._history.clear()
+                self._labels.clear()
                 self._cache_2d.clear()
-            elif label in self._prompts:
+            elif label in self._labels:
                 # the label keeps its place (its value in a combined map), with nothing in it
-                self._tracks.pop(label, None)
-                self._prompts[label] = {}
-                self._history[label] = PromptHistory()
+                self._labels[label] = LabelWork()
 
     def set_prompts(self, prompts: Prompts, label: str | None = None) -> list[int]:
         """Make the label's prompts exactly ``prompts``; record the action for undo."""
@@ -164,30 +174,33 @@ class Session:
 
     def _replace(self, label: str, new: Prompts) -> list[int]:
         self.track(label)
-        old = self._prompts[label]
+        work = self._labels[label]
+        old = work.prompts
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
-            self._history[label].record(old)
-            self._prompts[label] = new
+            work.history.record(old)
+            work.prompts = new
         return changed
 
     def undo(self, label: str | None = None) -> Prompts:
         with self.lock:
             label = label or self.label
             self.track(label)
-            self._prompts[label] = self._history[label].undo(self._prompts[label])
+            work = self._labels[label]
+            work.prompts = work.history.undo(work.prompts)
             return self.prompts(label)
 
     def redo(self, label: str | None = None) -> Prompts:
         with self.lock:
             label = label or self.label
             self.track(label)
-            self._prompts[label] = self._history[label].redo(self._prompts[label])
+            work = self._labels[label]
+            work.prompts = work.history.redo(work.prompts)
             return self.prompts(label)
 
     def history_depth(self, label: str | None = None) -> tuple[int, int]:
-        history = self._history.get(label or self.label)
-        return history.depth if history else (0, 0)
+        work = self._labels.get(label or self.label)
+        return work.history.depth if work else (0, 0)
 
     # -- answers -------------------------------------------------------------------------------
     def propagate(
@@ -198,10 +211,11 @@ class Session:
         with self.lock:
             label = label or self.label
             track = self.track(label)
-            if not self._prompts[label]:  # its last prompt undone or removed: an empty label, a fresh state
-                self._tracks.pop(label)
+            work = self._labels[label]
+            if not work.prompts:  # its last prompt undone or removed: an empty label, a fresh state
+                work.track = None
                 return Propagation.empty(self.volume.slices_u8.shape, lo, hi)
-            return track.propagate(self._prompts[label], lo, hi, auto_stop, incremental, rejoin)
+            return track.propagate(work.prompts, lo, hi, auto_stop, incremental, rejoin)
 
     def segment_slice(self, k: int, prompt: SlicePrompt, label: str | None = None) -> tuple[np.ndarray, float]:
         """Answer a prompt on one slice without propagating (the 2D model): always slice k's own mask.
@@ -222,8 +236,8 @@ class Session:
 
     def result(self, label: str | None = None) -> Propagation | None:
         """The label's last 3D answer (None before one, or after its SAM 2 state was dropped)."""
-        track = self._tracks.get(label or self.label)
-        return track.last if track else None
+        work = self._labels.get(label or self.label)
+        return work.track.last if work and work.track else None
 
     def protected(self, label: str | None = None) -> np.ndarray | None:
         """The voxels of the locked labels other than ``label`` (their last answers), which no other
@@ -237,7 +251,8 @@ class Session:
         Where masks overlap, the voxel goes to a locked label, else to the label whose SAM 2 mask logit
         is higher there."""
         with self.lock:
-            names = [n for n in (labels or self.labels) if n in self._tracks and self._tracks[n].last is not None]
+            tracks = {n: work.track for n, work in self._labels.items() if work.track is not None}
+            names = [n for n in (labels or self.labels) if n in tracks and tracks[n].last is not None]
             if not names:
                 raise PromptError("no label of this session has a 3D result yet")
             values = {n: self.labels.index(n) + 1 for n in names}
@@ -245,12 +260,12 @@ class Session:
             best = np.full(self.volume.slices_u8.shape[1:], -np.inf, dtype=np.float32)
             count = np.zeros(self.volume.slices_u8.shape, dtype=np.uint8)
             for n in names:
-                count += self._tracks[n].last.mask > 0
+                count += tracks[n].last.mask > 0
             for k in np.flatnonzero((count > 1).reshape(count.shape[0], -1).any(axis=1)):
                 best.fill(-np.inf)
                 for n in names:
-                    m = self._tracks[n].last.mask[k] > 0
-                    logits = self._tracks[n].logits(k)
+                    m = tracks[n].last.mask[k] > 0
+                    logits = tracks[n].logits(k)
                     score = np.where(m, logits if logits is not None else 0.0, -np.inf)
                     if n in self.locked:  # a locked label keeps its voxels (logits are far below 1e6)
                         score = score + 1e6
@@ -259,9 +274,10 @@ class Session:
                     best = np.maximum(best, score)
             single = count == 1
             for n in names:
-                out[single & (self._tracks[n].last.mask > 0)] = values[n]
+                out[single & (tracks[n].last.mask > 0)] = values[n]
             return out, values
 
     def nbytes(self) -> int:
         """What this session holds beyond the shared volume and features."""
-        return sum(t.nbytes() for t in self._tracks.values()) + sum(m.nbytes for m, _ in self._cache_2d.values())
+        tracks = sum(work.track.nbytes() for work in self._labels.values() if work.track is not None)
+        return tracks + sum(m.nbytes for m, _ in self._cache_2d.values())

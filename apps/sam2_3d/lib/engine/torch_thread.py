@@ -5,8 +5,7 @@ OpenMP team of its own, and once the teams together hold more threads than there
 throttles its threads' spin-wait between parallel regions, so every op pays a sleep and a wake-up. In
 the server the model was built on the main thread and requests ran in monailabel's worker threads: on a
 2-core machine a propagation ran about twice as slow as the same call on the thread that built the model
-(``benchmarks/bench_torch_thread.py``: 30 slices at 256 px, warm, 2.0 s on the building thread, 3.6-4.5 s
-in another, 2.1 s in a thread that built its own model). Everything of the engine therefore runs here: a
+(``benchmarks/bench_torch_thread.py``; its figures in docs/benchmark.md). Everything of the engine therefore runs here: a
 request waits for this thread, as it waited for the engine's lock before.
 """
 

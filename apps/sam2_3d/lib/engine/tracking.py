@@ -32,6 +32,7 @@ import torch
 from .errors import PromptError
 from .model import init_state_from_frames
 from .prompts import Prompts, SlicePrompt, check_label
+from .sam2_adapter import masks_at_video_resolution
 from .torch_thread import check_cancelled
 
 OBJ_ID = 1  # one SAM 2 object per label state
@@ -43,6 +44,18 @@ REJOIN_IOU = 0.98
 # (without auto-stop: once per direction). On a CPU there is no device to wait for, and every slice
 # tracked past a stop would be work thrown away: one at a time.
 SYNC_EVERY = {"cuda": 8, "cpu": 1}
+
+
+@dataclass
+class _Pass:
+    """What one propagation call builds up, from its start to its :class:`Propagation`."""
+
+    mask: np.ndarray
+    scores: dict[int, float]
+    stopped: dict[str, int | None]
+    encoded_before: int  # the volume's features' encode count when the call began
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    t0: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -120,7 +133,7 @@ class LabelTrack:
     def _add(self, k: int, prompt: SlicePrompt) -> torch.Tensor:
         """Add one slice's prompt as SAM 2 would in a fresh video; return its mask logits (video res)."""
         predictor = self.predictor
-        self.features.bounds = (k, k)
+        self.features.plan_pass(k, k)
         masks = None
         if prompt.mask is not None:
             _, _, masks = predictor.add_new_mask(self.state, frame_idx=k, obj_id=OBJ_ID, mask=prompt.mask)
@@ -192,27 +205,23 @@ class LabelTrack:
         > 0`` a direction ends once SAM 2 scores the object absent on ``n`` consecutive slices past the
         last prompted slice in that direction."""
         predictor = self.predictor
-        t0 = time.perf_counter()
-        encoded = self.features.frames_encoded
+        done = _Pass(np.zeros(self.volume.slices_u8.shape, dtype=np.uint8), {}, {"forward": None, "reverse": None},
+                     self.features.frames_encoded)
         self._rebuild_prompts(prompts)
         prompted = sorted(prompts)
-        mask = np.zeros(self.volume.slices_u8.shape, dtype=np.uint8)
-        scores: dict[int, float] = {}
-        stopped: dict[str, int | None] = {"forward": None, "reverse": None}
         anchor = prompted[0]
         for reverse in (False, True):
             last_prompt = prompted[0] if reverse else prompted[-1]
             span = (anchor - lo) if reverse else (hi - anchor)
             if span == 0 and reverse:
                 continue  # SAM 2 would re-emit the anchor only
-            self.features.direction = -1 if reverse else 1
-            self.features.bounds = (lo, hi)
+            self.features.plan_pass(lo, hi, direction=-1 if reverse else 1)
             # Masks and scores stay where SAM 2 made them and come to the host in groups: one copy per
             # SYNC_EVERY slices instead of two waits per slice, so the host can queue the next slice's work
             # while the device runs. Auto-stop reads them group by group; the slices SAM 2 tracked past the
             # stop are forgotten, which leaves the state and the answer a stop on the very slice would leave.
             pending: list[tuple[int, torch.Tensor]] = []
-            run = {"absent": 0}
+            absent = 0  # consecutive slices scored absent, in tracking order
             group = SYNC_EVERY.get(torch.device(self.engine.device).type, 1)
             for k, _, masks in predictor.propagate_in_video(
                 self.state, start_frame_idx=anchor, max_frame_num_to_track=span, reverse=reverse
@@ -220,37 +229,39 @@ class LabelTrack:
                 check_cancelled()  # a gone client's propagation stops here (the state is rebuilt next time)
                 pending.append((k, masks[0, 0] > 0))
                 if auto_stop and len(pending) >= group:
-                    stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
+                    stop, absent = self._land(pending, done, auto_stop, absent, last_prompt, reverse)
                     pending = []
                     if stop is not None:
-                        stopped["reverse" if reverse else "forward"] = stop
+                        done.stopped["reverse" if reverse else "forward"] = stop
                         break
             else:
-                stop = self._land(pending, mask, scores, auto_stop, run, last_prompt, reverse)
+                stop, absent = self._land(pending, done, auto_stop, absent, last_prompt, reverse)
                 if stop is not None:
-                    stopped["reverse" if reverse else "forward"] = stop
-        spans = [(min(scores), max(scores))] if scores else []
-        return self._finish(prompts, mask, (lo, hi), scores, stopped, encoded, t0, spans, "full")
+                    done.stopped["reverse" if reverse else "forward"] = stop
+        done.spans = [(min(done.scores), max(done.scores))] if done.scores else []
+        return self._finish(prompts, done, (lo, hi), "full")
 
-    def _land(self, pending, mask, scores, auto_stop, run, last_prompt, reverse) -> int | None:
-        """Bring a group of tracked slices to the host (one copy each for masks and scores) and apply
-        auto-stop to them in tracking order; returns the slice it stops on, or None. Slices after the
-        stop were tracked ahead of it: SAM 2 forgets them and they are not part of the answer."""
+    def _land(self, pending, done: _Pass, auto_stop: int, absent: int, last_prompt: int,
+              reverse: bool) -> tuple[int | None, int]:
+        """Bring a group of tracked slices to the host (one copy each for masks and scores) into ``done`` and
+        apply auto-stop to them in tracking order. Returns the slice it stops on (or None) and the run of
+        absent slices so far. Slices after the stop were tracked ahead of it: SAM 2 forgets them and they are
+        not part of the answer."""
         if not pending:
-            return None
+            return None, absent
         ks = [k for k, _ in pending]
         masks = torch.stack([m for _, m in pending]).cpu().numpy()
         probs = self._scores(ks)
         for n, k in enumerate(ks):
-            mask[k] = masks[n]
-            scores[k] = probs[n]
+            done.mask[k] = masks[n]
+            done.scores[k] = probs[n]
             past_prompts = (k <= last_prompt) if reverse else (k >= last_prompt)
-            run["absent"] = run["absent"] + 1 if probs[n] < 0.5 else 0
-            if auto_stop and past_prompts and run["absent"] >= auto_stop:
+            absent = absent + 1 if probs[n] < 0.5 else 0
+            if auto_stop and past_prompts and absent >= auto_stop:
                 for j in ks[n + 1:]:
                     forget_frame(self.predictor, self.state, j)
-                return k
-        return None
+                return k, absent
+        return None, absent
 
     def _propagate_incremental(self, prompts, changed, lo, hi, auto_stop, rejoin) -> Propagation:
         """Re-segment the changed slices as fresh conditioning frames and re-propagate outward from each
@@ -258,16 +269,12 @@ class LabelTrack:
         predictor = self.predictor
         prev = self.last
         prompted = sorted(prompts)
-        t0 = time.perf_counter()
-        encoded = self.features.frames_encoded
+        done = _Pass(prev.mask.copy(), dict(prev.scores), dict(prev.stopped_early), self.features.frames_encoded)
+        mask, scores, stopped, spans = done.mask, done.scores, done.stopped, done.spans
         for k in changed:
             forget_frame(predictor, self.state, k)
             self._add(k, prompts[k])
             self.applied[k] = prompts[k]
-        mask = prev.mask.copy()
-        scores = dict(prev.scores)
-        stopped = dict(prev.stopped_early)
-        spans: list[tuple[int, int]] = []
         for c in changed:
             below = max((p for p in prompted if p < c), default=None)
             above = min((p for p in prompted if p > c), default=None)
@@ -280,8 +287,7 @@ class LabelTrack:
                 if span == 0 and reverse:
                     continue  # the forward pass already emitted c itself
                 direction = -1 if reverse else 1
-                self.features.direction = direction
-                self.features.bounds = (min(c, end), max(c, end))
+                self.features.plan_pass(min(c, end), max(c, end), direction)
                 agree_run = absent_run = 0
                 reached = c
                 for k, _, masks in predictor.propagate_in_video(
@@ -306,16 +312,16 @@ class LabelTrack:
                     if outer:
                         stopped["reverse" if reverse else "forward"] = None
                 spans.append((min(c, reached), max(c, reached)))
-        return self._finish(prompts, mask, (lo, hi), scores, stopped, encoded, t0, spans, "incremental")
+        return self._finish(prompts, done, (lo, hi), "incremental")
 
-    def _finish(self, prompts, mask, lo_hi, scores, stopped, encoded, t0, spans, how) -> Propagation:
+    def _finish(self, prompts, done: _Pass, lo_hi: tuple[int, int], how: str) -> Propagation:
         for k, prompt in prompts.items():  # a mask prompt alone is the user's truth on its slice
             if prompt.mask is not None and not prompt.points and prompt.box is None:
-                mask[k] = prompt.mask
-        processed = (min(scores), max(scores)) if scores else None
+                done.mask[k] = prompt.mask
+        processed = (min(done.scores), max(done.scores)) if done.scores else None
         return Propagation(
-            mask, sorted(prompts), lo_hi, processed, dict(sorted(scores.items())), stopped,
-            self.features.frames_encoded - encoded, time.perf_counter() - t0, sorted(spans), how,
+            done.mask, sorted(prompts), lo_hi, processed, dict(sorted(done.scores.items())), done.stopped,
+            self.features.frames_encoded - done.encoded_before, time.perf_counter() - done.t0, sorted(done.spans), how,
         )
 
     def _forget_beyond(self, prompts, k: int, end: int, direction: int, mask: np.ndarray, scores: dict) -> None:
@@ -364,9 +370,7 @@ class LabelTrack:
         if out is None:
             return None
         with torch.inference_mode():
-            _, video_res = self.predictor._get_orig_video_res_output(
-                self.state, out["pred_masks"].to(self.state["device"])
-            )
+            video_res = masks_at_video_resolution(self.predictor, self.state, out["pred_masks"].to(self.state["device"]))
         return video_res[0, 0].float().cpu().numpy()
 
     def nbytes(self) -> int:

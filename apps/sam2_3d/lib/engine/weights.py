@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import weakref
 
 import torch
 
+from ..common import atomic_write_json
 from .errors import UnknownOption
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ NEWEST = "newest"
 VERSION_FILES = ("config.json", "weights.pt")
 IN_USE_FILE = "_in_use.json"
 
-_MANAGERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def versions_root(model_dir: str) -> str:
@@ -97,10 +96,7 @@ def read_in_use(root: str) -> str | None:
 
 def write_in_use(root: str, version: str | None) -> None:
     os.makedirs(root, exist_ok=True)
-    tmp = os.path.join(root, IN_USE_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"version": version}, f)
-    os.replace(tmp, os.path.join(root, IN_USE_FILE))
+    atomic_write_json(os.path.join(root, IN_USE_FILE), {"version": version}, indent=None)
 
 
 class WeightsManager:
@@ -112,7 +108,6 @@ class WeightsManager:
         self.conf_pin = (pin or "").strip() or None
         self.pin = self.conf_pin or read_in_use(root)
         self.current = BASE
-        self.current_version: dict | None = None
         self._base: dict[str, torch.Tensor] = {}  # base values of every tensor a version has replaced
         self.broken: dict[str, dict] = {}  # name -> {"error", "mtime"}: versions that failed to load
 
@@ -215,6 +210,11 @@ class WeightsManager:
             self.broken[version["name"]] = {"error": error, "mtime": _mtime(version)}
             raise _LoadFailed(f"fine-tuned version {version['name']} does not load: {error}") from e
 
+    def replaced_tensors(self) -> set[str]:
+        """The names of the tensors any loaded version has changed from the checkpoint's (a new version built
+        on the current one must carry them too)."""
+        return set(self._base)
+
     def _load(self, version: dict | None) -> None:
         model = self.engine.predictor
         params = dict(model.named_parameters())
@@ -231,7 +231,6 @@ class WeightsManager:
         dropped = self.engine.drop_states()  # sessions go on: their SAM 2 states are rebuilt from their prompts
         self.engine.feature_cache.clear()
         old, self.current = self.current, version["name"] if version else BASE
-        self.current_version = version
         logger.info(f"SAM 2 weights: {old} -> {self.current} ({len(new)} tensors; the SAM 2 states of {dropped} sessions and the feature cache dropped)")
 
 
@@ -249,7 +248,7 @@ def _mtime(version: dict) -> float:
 def attach(engine, model_dir: str, pin: str | None = None) -> WeightsManager:
     """Give an engine its version manager and load the wanted weights now."""
     manager = WeightsManager(engine, versions_root(model_dir), pin)
-    _MANAGERS[engine] = manager
+    engine.weights_manager = manager
     try:
         manager.ensure()
     except UnknownOption as e:
@@ -283,18 +282,24 @@ def standalone_state_dict(manager: WeightsManager, name: str) -> dict[str, torch
 
 
 def manager_of(engine) -> WeightsManager | None:
-    return _MANAGERS.get(engine)
+    """The engine's version manager (None: the engine serves its checkpoint's weights only)."""
+    return getattr(engine, "weights_manager", None)
+
+
+def detach(engine) -> None:
+    """The engine no longer follows fine-tuned versions (its weights stay as they are)."""
+    engine.weights_manager = None
 
 
 def ensure_weights(engine) -> str:
     """What every infer request calls first: the wanted weights loaded, their name returned."""
-    manager = _MANAGERS.get(engine)
+    manager = manager_of(engine)
     return manager.ensure() if manager else BASE
 
 
 def weights_in_use(engine) -> str:
     """``base`` or ``finetuned/<version>``: what result JSON and logs name."""
-    manager = _MANAGERS.get(engine)
+    manager = manager_of(engine)
     name = manager.current if manager else BASE
     return BASE if name == BASE else f"finetuned/{name}"
 
@@ -302,7 +307,7 @@ def weights_in_use(engine) -> str:
 def weights_served_next(engine) -> str:
     """What the next request will run on (``/info/``): the wanted version, even before a request loads it;
     ``base`` names the checkpoint's own weights."""
-    manager = _MANAGERS.get(engine)
+    manager = manager_of(engine)
     if manager is None:
         return BASE
     try:

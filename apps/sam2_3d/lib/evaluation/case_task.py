@@ -15,24 +15,12 @@ import numpy as np
 import torch
 
 from lib.engine.intensity import IntensityPreset
+from lib.engine.sam2_adapter import quiet_progress_bars
 
 from . import datasets, metrics, protocols
 
 logger = logging.getLogger(__name__)
 _ENGINES: dict[str, object] = {}
-
-
-def _quiet_sam2_progress() -> None:
-    """SAM 2's propagate_in_video draws its own tqdm bar per pass, which garbles ours (cases, slices).
-
-    Only its module-global ``tqdm`` name is replaced, by tqdm with ``disable=True``; nothing else.
-    """
-    import functools
-
-    import sam2.sam2_video_predictor as vp
-    from tqdm import tqdm
-
-    vp.tqdm = functools.partial(tqdm, disable=True)
 
 
 def default_preset(case: datasets.Case) -> str:
@@ -115,7 +103,7 @@ def _encode_all(session) -> tuple[int, float]:
     before = features.frames_encoded
     engine = session.engine
     with engine.lock, torch.inference_mode(), engine.autocast():
-        features.direction, features.bounds = 1, (0, len(features.frames) - 1)
+        features.plan_pass(0, len(features.frames) - 1)
         for k in range(len(features.frames)):
             features.get(k)
     return features.frames_encoded - before, time.perf_counter() - t0
@@ -159,89 +147,11 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
         record["results"] = [_fail(s.name, None, "failed", record["error"]) for s in labels]
         record["seconds"] = round(time.perf_counter() - t_case, 3)
         return record, {}
-    _quiet_sam2_progress()
+    quiet_progress_bars()  # SAM 2's bar per pass garbles ours (cases, slices)
     engine = engine_for(setting, cfg["seed"])
-    preset = preset_for(setting["conf"], case)
-    raw = None  # the image array, read once when a paper-exact run needs its reference frames
-    results, arrays = [], {}
-    k0 = loaded.crop[0]
+    run = _CaseRun(case, loaded, engine, preset_for(setting["conf"], case), cfg, on_slices)
     try:
-        encoded, encode_s = None, 0.0
-        for spec_l in labels:
-            gt = spec_l.mask(loaded.label)
-            if not gt.any():
-                results.append(_fail(spec_l.name, None, "absent", "label absent from this case"))
-                continue
-            parts = spec_l.parts(loaded.label)
-            for spec in specs:
-                exact = bool(cfg.get("exact")) and spec.kind in protocols.EXACT_KINDS
-                client_id = f"eval/{spec_l.name}/{spec.name}"
-                transposed = False
-                try:
-                    if encoded is None:
-                        encoded, encode_s = _encode_all(engine.open(loaded.image_path, client_id="eval/encode",
-                                                                    preset=preset))
-                    if exact:
-                        if raw is None:
-                            raw = datasets.image_array(loaded.image_path)
-                        session, transposed = _exact_session(engine, spec, case.case_id, raw, client_id)
-                    else:
-                        session = engine.open(loaded.image_path, client_id=client_id, preset=preset,
-                                              mode="2d" if spec.kind in ("slice2d", "gutierrez_lung") else "3d")
-                    before = session.features.frames_encoded
-                    key = (cfg.get("key_slices") or {}).get(case.case_id)
-                    marker = None
-                    if spec.kind == "medsam2_recist":
-                        recist = datasets.recist_array(case, loaded.crop)
-                        marker = None if recist is None else spec_l.mask(recist)
-                    gt_run = gt.transpose(0, 2, 1) if transposed else gt
-                    parts_run = parts.transpose(0, 2, 1) if transposed else parts
-                    run = protocols.run(spec, session, gt_run, cfg["range"], cfg["slice2d_positives"], cfg["seed"],
-                                        parts=parts_run, key_slice=None if key is None else int(key) - k0, exact=exact,
-                                        spacing=loaded.spacing_kji, nsd_tolerance=cfg["nsd_tolerance"], marker=marker)
-                    if run.skipped:
-                        results.append(_fail(spec_l.name, spec.name, "skipped", run.skipped))
-                        continue
-                    if on_slices:
-                        on_slices(run.slices_processed)
-                    mask = run.mask.transpose(0, 2, 1) if transposed else run.mask
-                    if exact:
-                        run.info["frames"] = ("the reference's: uint8 by truncation, JPEG at PIL's default quality "
-                                              "(75), transposed (step coordinates are on the transposed frame)"
-                                              if transposed else "the reference's: window clip, slice min-max, "
-                                              "uint8 by truncation")
-                    m = metrics.evaluate(mask, gt, loaded.spacing_kji, cfg["nsd_tolerance"], run.scored,
-                                         run.anchor if spec.prompts_ground_truth_mask else None, spec.kind, run.info)
-                except Exception as e:
-                    logger.warning(f"{case.case_id}/{spec_l.name}/{spec.name} failed: {e}", exc_info=True)
-                    results.append(_fail(spec_l.name, spec.name, "failed", f"{type(e).__name__}: {e}"))
-                    continue
-                ran = _ran_slices(run, gt.shape[0])
-                per_slice = [d if r else None for d, r in zip(metrics.per_slice_dice(mask, gt), ran)]
-                areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
-                worst = _worst_slices([1.0 if d is None else d for d in per_slice], areas, cfg["worst_slices"])
-                key = f"{spec_l.name}__{spec.name}"
-                arrays[f"{key}__pred"] = np.packbits(mask.astype(bool))
-                # overlays on the frames the run saw (prompts are in their coordinates)
-                if run.anchor is not None:
-                    arrays[f"{key}__anchor"] = np.stack([session.volume.slices_u8[run.anchor], gt_run[run.anchor].astype(np.uint8),
-                                                         run.mask[run.anchor].astype(np.uint8)])
-                for n, k in enumerate(worst):
-                    arrays[f"{key}__worst{n}"] = np.stack(
-                        [session.volume.slices_u8[k], gt_run[k].astype(np.uint8), run.mask[k].astype(np.uint8)]
-                    )
-                if exact:
-                    engine.close(client_id=client_id)
-                results.append({
-                    "label": spec_l.name, "protocol": spec.name, "status": "ok", "reason": "", "metrics": m,
-                    "anchor": run.anchor, "propagate": list(run.propagate) if run.propagate else None,
-                    "info": run.info, "steps": run.steps, "per_slice_dice": [None if d is None else round(d, 6) for d in per_slice],
-                    "per_slice_iou": [None if d is None else round(d / (2.0 - d), 6) for d in per_slice],
-                    "gt_area": [int(a) for a in areas], "worst_slices": worst,
-                    "slices_processed": run.slices_processed, "seconds": round(run.seconds, 3),
-                    "frames_encoded_in_protocol": session.features.frames_encoded - before,
-                    "preset": "reference frames" if exact else preset.key, "exact": exact or bool(run.info.get("exact")),
-                })
+        results = [result for spec_l in labels for result in run.label_results(spec_l, specs)]
         shape = list(loaded.label.shape)
     finally:
         engine.close(loaded.image_path)
@@ -249,10 +159,103 @@ def evaluate_case(case_d: dict, setting: dict, cfg: dict, on_slices=None) -> tup
     record.update({
         "shape_kji": shape, "spacing_kji": list(loaded.spacing_kji), "crop": list(loaded.crop),
         "original_slices": loaded.original_slices, "results": results,
-        "encode": {"frames": encoded or 0, "seconds": round(encode_s, 3)},
+        "encode": {"frames": run.encoded or 0, "seconds": round(run.encode_s, 3)},
         "seconds": round(time.perf_counter() - t_case, 3),
     })
-    return record, arrays
+    return record, run.arrays
+
+
+class _CaseRun:
+    """One loaded case on one engine: each label's protocols in turn, their results and report arrays."""
+
+    def __init__(self, case: datasets.Case, loaded, engine, preset: IntensityPreset, cfg: dict, on_slices):
+        self.case, self.loaded, self.engine, self.preset, self.cfg, self.on_slices = (
+            case, loaded, engine, preset, cfg, on_slices)
+        self.raw = None  # the image array, read once when a paper-exact run needs its reference frames
+        self.encoded, self.encode_s = None, 0.0  # every slice encoded once, before the first protocol
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def label_results(self, spec_l: datasets.LabelSpec, specs: list) -> list[dict]:
+        gt = spec_l.mask(self.loaded.label)
+        if not gt.any():
+            return [_fail(spec_l.name, None, "absent", "label absent from this case")]
+        parts = spec_l.parts(self.loaded.label)
+        return [self.protocol_result(spec_l, spec, gt, parts) for spec in specs]
+
+    def _session(self, spec, exact: bool, client_id: str):
+        """The protocol's session, and whether its frames are transposed (a paper-exact run's reference frames)."""
+        if self.encoded is None:
+            self.encoded, self.encode_s = _encode_all(
+                self.engine.open(self.loaded.image_path, client_id="eval/encode", preset=self.preset))
+        if exact:
+            if self.raw is None:
+                self.raw = datasets.image_array(self.loaded.image_path)
+            return _exact_session(self.engine, spec, self.case.case_id, self.raw, client_id)
+        mode = "2d" if spec.kind in ("slice2d", "gutierrez_lung") else "3d"
+        return self.engine.open(self.loaded.image_path, client_id=client_id, preset=self.preset, mode=mode), False
+
+    def protocol_result(self, spec_l: datasets.LabelSpec, spec, gt: np.ndarray, parts: np.ndarray) -> dict:
+        cfg = self.cfg
+        exact = bool(cfg.get("exact")) and spec.kind in protocols.EXACT_KINDS
+        client_id = f"eval/{spec_l.name}/{spec.name}"
+        try:
+            session, transposed = self._session(spec, exact, client_id)
+            before = session.features.frames_encoded
+            key = (cfg.get("key_slices") or {}).get(self.case.case_id)
+            marker = None
+            if spec.kind == "medsam2_recist":
+                recist = datasets.recist_array(self.case, self.loaded.crop)
+                marker = None if recist is None else spec_l.mask(recist)
+            gt_run = gt.transpose(0, 2, 1) if transposed else gt
+            parts_run = parts.transpose(0, 2, 1) if transposed else parts
+            run = protocols.run(spec, session, gt_run, cfg["range"], cfg["slice2d_positives"], cfg["seed"],
+                                parts=parts_run, key_slice=None if key is None else int(key) - self.loaded.crop[0],
+                                exact=exact, spacing=self.loaded.spacing_kji, nsd_tolerance=cfg["nsd_tolerance"],
+                                marker=marker)
+            if run.skipped:
+                return _fail(spec_l.name, spec.name, "skipped", run.skipped)
+            if self.on_slices:
+                self.on_slices(run.slices_processed)
+            mask = run.mask.transpose(0, 2, 1) if transposed else run.mask
+            if exact:
+                run.info["frames"] = ("the reference's: uint8 by truncation, JPEG at PIL's default quality "
+                                      "(75), transposed (step coordinates are on the transposed frame)"
+                                      if transposed else "the reference's: window clip, slice min-max, "
+                                      "uint8 by truncation")
+            m = metrics.evaluate(mask, gt, self.loaded.spacing_kji, cfg["nsd_tolerance"], run.scored,
+                                 run.anchor if spec.prompts_ground_truth_mask else None, spec.kind, run.info)
+        except Exception as e:
+            logger.warning(f"{self.case.case_id}/{spec_l.name}/{spec.name} failed: {e}", exc_info=True)
+            return _fail(spec_l.name, spec.name, "failed", f"{type(e).__name__}: {e}")
+        ran = _ran_slices(run, gt.shape[0])
+        per_slice = [d if r else None for d, r in zip(metrics.per_slice_dice(mask, gt), ran)]
+        areas = gt.reshape(gt.shape[0], -1).sum(axis=1)
+        worst = _worst_slices([1.0 if d is None else d for d in per_slice], areas, cfg["worst_slices"])
+        self._keep_arrays(f"{spec_l.name}__{spec.name}", mask, run, session.volume.slices_u8, gt_run, worst)
+        if exact:
+            self.engine.close(client_id=client_id)
+        return {
+            "label": spec_l.name, "protocol": spec.name, "status": "ok", "reason": "", "metrics": m,
+            "anchor": run.anchor, "propagate": list(run.propagate) if run.propagate else None,
+            "info": run.info, "steps": run.steps, "per_slice_dice": [None if d is None else round(d, 6) for d in per_slice],
+            "per_slice_iou": [None if d is None else round(d / (2.0 - d), 6) for d in per_slice],
+            "gt_area": [int(a) for a in areas], "worst_slices": worst,
+            "slices_processed": run.slices_processed, "seconds": round(run.seconds, 3),
+            "frames_encoded_in_protocol": session.features.frames_encoded - before,
+            "preset": "reference frames" if exact else self.preset.key, "exact": exact or bool(run.info.get("exact")),
+        }
+
+    def _keep_arrays(self, key: str, mask: np.ndarray, run, slices_u8: np.ndarray, gt_run: np.ndarray,
+                     worst: list[int]) -> None:
+        """The packed prediction, and overlays on the frames the run saw (prompts are in their coordinates)."""
+        self.arrays[f"{key}__pred"] = np.packbits(mask.astype(bool))
+        if run.anchor is not None:
+            self.arrays[f"{key}__anchor"] = np.stack([slices_u8[run.anchor], gt_run[run.anchor].astype(np.uint8),
+                                                      run.mask[run.anchor].astype(np.uint8)])
+        for n, k in enumerate(worst):
+            self.arrays[f"{key}__worst{n}"] = np.stack(
+                [slices_u8[k], gt_run[k].astype(np.uint8), run.mask[k].astype(np.uint8)]
+            )
 
 
 def _worst_slices(per_slice: list[float], areas: np.ndarray, n: int) -> list[int]:

@@ -28,7 +28,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
-IMAGE_EXT = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+from ..common import VOLUME_EXTENSIONS, strip_extension
+from ..engine.geometry import grid_differences, grid_of
+
+IMAGE_EXT = VOLUME_EXTENSIONS
 LABEL_SUFFIX = re.compile(r"[_-](label|labels|seg|gt|mask)$", re.IGNORECASE)
 
 
@@ -45,11 +48,7 @@ class Case:
 
 
 def _stem(path: str) -> str:
-    name = os.path.basename(path)
-    for ext in IMAGE_EXT + (".npz",):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return strip_extension(path, (*IMAGE_EXT, ".npz"))
 
 
 def _images(folder: str) -> list[str]:
@@ -178,16 +177,12 @@ class GridMismatch(ValueError):
     """The label is not on its image's voxel grid: scoring it would compare the wrong voxels."""
 
 
-def check_grid(image: sitk.Image, label: sitk.Image, case_id: str, tol: float = 1e-3) -> None:
-    """Size, spacing, origin and direction of the label must be the image's (relative tolerance ``tol``)."""
-    problems = []
-    if tuple(label.GetSize())[:3] != tuple(image.GetSize())[:3]:
-        problems.append(f"size {label.GetSize()} vs image {image.GetSize()}")
-    for what, a, b, atol in (("spacing", label.GetSpacing(), image.GetSpacing(), 0.0),
-                             ("origin", label.GetOrigin(), image.GetOrigin(), 1e-2),
-                             ("direction", label.GetDirection(), image.GetDirection(), 1e-4)):
-        if len(a) != len(b) or not np.allclose(a, b, rtol=tol, atol=atol):
-            problems.append(f"{what} {tuple(round(v, 4) for v in a)} vs image {tuple(round(v, 4) for v in b)}")
+def check_grid(image: sitk.Image, label: sitk.Image, case_id: str) -> None:
+    """Size, spacing, origin and direction of the label must be the image's (``geometry.grid_differences``:
+    the rule the server applies to a saved label)."""
+    problems = [f"{what} {a if what == 'size' else tuple(round(v, 4) for v in a)} vs image "
+                f"{b if what == 'size' else tuple(round(v, 4) for v in b)}"
+                for what, a, b in grid_differences(grid_of(label), grid_of(image))]
     if problems:
         raise GridMismatch(f"{case_id}: label is not on the image grid: " + "; ".join(problems)
                            + " (resample the label onto the image first)")

@@ -19,7 +19,6 @@ from lib.engine.engine import Session, SlicePrompt
 from . import prompts as P
 from . import reference_runs
 
-PROTOCOLS = ("mask", "clicks", "box", "slice2d")
 # The papers' recipes, by name (docs/evaluation.md: the rule each follows and the reference line).
 NAMED = {
     "shen2024-1mask": "shen_mask",

@@ -49,8 +49,7 @@ def _reference_state(session):
 def _pass(track, out: np.ndarray, start: int, end: int, reverse: bool, order: list[int]) -> None:
     """``propagate_in_video`` from ``start`` to ``end`` (inclusive); masks OR-ed into ``out``."""
     span = abs(end - start)
-    track.features.direction = -1 if reverse else 1
-    track.features.bounds = (min(start, end), max(start, end))
+    track.features.plan_pass(min(start, end), max(start, end), direction=-1 if reverse else 1)
     for k, _, logits in track.predictor.propagate_in_video(
         track.state, start_frame_idx=start, max_frame_num_to_track=span, reverse=reverse
     ):
@@ -74,7 +73,7 @@ def shen(session, gt: np.ndarray, video: tuple[int, int], anchor: int, clicks: i
     steps: list[dict] = []
     order: list[int] = []
     with _reference_state(session) as track:
-        track.features.bounds = (anchor, anchor)
+        track.features.plan_pass(anchor, anchor)
         if clicks == 0:
             track.predictor.add_new_mask(track.state, frame_idx=anchor, obj_id=OBJ_ID, mask=gt[anchor].astype(bool))
             steps.append({"k": anchor, "verb": "add_new_mask", "kind": "mask", "source": "ground truth of slice k"})
@@ -113,7 +112,7 @@ def recist(session, shape: tuple[int, ...], box: tuple[int, int, int, int], k: i
     mask = np.zeros(shape, dtype=np.uint8)
     order: list[int] = []
     with _reference_state(session) as track:
-        track.features.bounds = (k, k)
+        track.features.plan_pass(k, k)
         _, _, logits = track.predictor.add_new_points_or_box(
             track.state, frame_idx=k, obj_id=OBJ_ID, box=np.asarray(box, dtype=np.float32))
         mask2d = (logits[0, 0] > 0).cpu().numpy()

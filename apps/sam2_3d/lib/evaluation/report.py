@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 
+from ..common import parse_bool
 from . import figures
 
 BANNER = "**RANDOM WEIGHTS: plumbing only, not accuracy.** The SAM 2 network had no trained checkpoint."
@@ -102,6 +103,13 @@ def _papers_own(records) -> list[str]:
     return (["## The papers' own figures", ""] + lines) if lines else []
 
 
+def _random_weights(conf: dict) -> bool:
+    try:
+        return parse_bool(conf.get("random_weights", False))
+    except ValueError:  # the run itself refused such a value; the report still reads its config
+        return False
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -109,7 +117,23 @@ def _safe(text: str) -> str:
 def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
     figdir = os.path.join(store.out, "figures")
     os.makedirs(figdir, exist_ok=True)
-    random = [s["name"] for s in config["settings"] if str(s["conf"].get("random_weights", "")).lower() in ("1", "true", "yes", "on")]
+    lines = _header(config, records) + _hardware(records) + _summary(config, table) + _encoding(table)
+    lines += _skipped_and_failed(table)
+    lines += ["", "Per-case values: `results.csv`; prompts, per-slice Dice and everything else: `results.json`.", ""]
+    lines += _papers_own(records)
+    lines += _per_case(figdir, records, table)
+    lines += _along_z(figdir, records)
+    lines += _prompts(figdir, store, records)
+    lines += _worst(figdir, store, records)
+    path = os.path.join(store.out, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _header(config: dict, records: list[dict]) -> list[str]:
+    """The title, the random-weights banner, the command, what was evaluated how, and the settings."""
+    random = [s["name"] for s in config["settings"] if _random_weights(s["conf"])]
     lines = ["# SAM 2 3D propagation: evaluation report", ""]
     if random:
         lines += [f"> {BANNER} Settings with random weights: {', '.join(random)}.", ""]
@@ -132,9 +156,12 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
                       else "this project's run of each recipe (`--exact` for the papers' reference code step by step)"),
         "", "Settings:", "", "| setting | options |", "|---|---|",
     ]
-    lines += [f"| {s['name']} | {', '.join(f'{k}={v}' for k, v in s['conf'].items())} |" for s in config["settings"]]
-    lines += ["", "## Hardware (timings are only comparable on the same)", "",
-              "| setting | device | CPU | torch threads | GPU |", "|---|---|---|---|---|"]
+    return lines + [f"| {s['name']} | {', '.join(f'{k}={v}' for k, v in s['conf'].items())} |" for s in config["settings"]]
+
+
+def _hardware(records: list[dict]) -> list[str]:
+    lines = ["", "## Hardware (timings are only comparable on the same)", "",
+             "| setting | device | CPU | torch threads | GPU |", "|---|---|---|---|---|"]
     seen = set()
     for rec in records:
         hw = rec.get("hardware", {})
@@ -142,17 +169,22 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
         if row not in seen:
             seen.add(row)
             lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "## Summary (mean ± sd over the cases that ran)", "",
-              "*paper*: the numbers the protocol's reference code prints (see the last column); the other columns "
-              "give every convention for every protocol. Dice pooled = one 3D Dice over the scored slices; "
-              "slice mean = mean 2D Dice over the scored slices holding the object; NSD MONAI counts boundary "
-              "voxels, NSD surfel weighs surface elements by area (DeepMind surface-distance), both at "
-              f"{config['nsd_tolerance']} mm. *w/o prompt slice*: Dice without the slice whose ground truth was "
-              "the prompt (it scores 1.0 by construction). Encoding (all slices, once per case) is timed apart "
-              "from the protocols, which only prompt and propagate.", "",
-              "| setting | label | protocol | ok | skipped | failed | paper Dice | paper NSD | Dice pooled | Dice slice mean "
-              "| NSD MONAI | NSD surfel | Dice pooled w/o prompt slice | s/protocol | s/slice | paper metric |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _summary(config: dict, table: list[dict]) -> list[str]:
+    """Mean ± sd of every metric per (setting, label, protocol)."""
+    lines = ["", "## Summary (mean ± sd over the cases that ran)", "",
+             "*paper*: the numbers the protocol's reference code prints (see the last column); the other columns "
+             "give every convention for every protocol. Dice pooled = one 3D Dice over the scored slices; "
+             "slice mean = mean 2D Dice over the scored slices holding the object; NSD MONAI counts boundary "
+             "voxels, NSD surfel weighs surface elements by area (DeepMind surface-distance), both at "
+             f"{config['nsd_tolerance']} mm. *w/o prompt slice*: Dice without the slice whose ground truth was "
+             "the prompt (it scores 1.0 by construction). Encoding (all slices, once per case) is timed apart "
+             "from the protocols, which only prompt and propagate.", "",
+             "| setting | label | protocol | ok | skipped | failed | paper Dice | paper NSD | Dice pooled | Dice slice mean "
+             "| NSD MONAI | NSD surfel | Dice pooled w/o prompt slice | s/protocol | s/slice | paper metric |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
     for row in table:
         if row.get("protocol"):
@@ -170,29 +202,28 @@ def write(store, config: dict, records: list[dict], table: list[dict]) -> str:
             f"| {np.mean(secs) if secs else float('nan'):.2f} | {np.mean(per) if per else float('nan'):.3f} "
             f"| {ok[0]['paper_metric'] if ok else ''} |"
         )
+    return lines
+
+
+def _encoding(table: list[dict]) -> list[str]:
     enc = [(r["case"], r["encode_frames"], r["encode_seconds"]) for r in table if r.get("encode_seconds") != ""]
-    if enc:
-        frames = sum(int(e[1]) for e in dict.fromkeys(enc))
-        secs = sum(float(e[2]) for e in dict.fromkeys(enc))
-        lines += ["", f"Image encoding: {frames} slices in {secs:.1f} s ({secs / max(1, frames):.3f} s/slice), "
-                  "counted once per case, before and apart from the protocols."]
+    if not enc:
+        return []
+    frames = sum(int(e[1]) for e in dict.fromkeys(enc))
+    secs = sum(float(e[2]) for e in dict.fromkeys(enc))
+    return ["", f"Image encoding: {frames} slices in {secs:.1f} s ({secs / max(1, frames):.3f} s/slice), "
+            "counted once per case, before and apart from the protocols."]
+
+
+def _skipped_and_failed(table: list[dict]) -> list[str]:
     bad = [r for r in table if r["status"] in ("failed", "skipped")]
-    if bad:
-        lines += ["", "## Skipped and failed", "", "Skipped: the paper's reference code would not score it. "
-                  "Failed: an error; the rest of the run went on.", "",
-                  "| setting | case | label | protocol | status | reason |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['setting']} | {r['case']} | {r['label']} | {r['protocol'] or '–'} | {r['status']} "
-                  f"| {str(r['reason']).replace('|', '/')} |" for r in bad]
-    lines += ["", "Per-case values: `results.csv`; prompts, per-slice Dice and everything else: `results.json`.", ""]
-    lines += _papers_own(records)
-    lines += _per_case(figdir, records, table)
-    lines += _along_z(figdir, records)
-    lines += _prompts(figdir, store, records)
-    lines += _worst(figdir, store, records)
-    path = os.path.join(store.out, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    if not bad:
+        return []
+    lines = ["", "## Skipped and failed", "", "Skipped: the paper's reference code would not score it. "
+             "Failed: an error; the rest of the run went on.", "",
+             "| setting | case | label | protocol | status | reason |", "|---|---|---|---|---|---|"]
+    return lines + [f"| {r['setting']} | {r['case']} | {r['label']} | {r['protocol'] or '–'} | {r['status']} "
+                    f"| {str(r['reason']).replace('|', '/')} |" for r in bad]
 
 
 def _series_name(setting: str, protocol: str, multi: bool) -> str:

@@ -16,6 +16,8 @@ import shutil
 
 import numpy as np
 
+from ..common import atomic_write_json
+
 # Options that change results; executor options (workers, address) may differ on resume.
 RESULT_KEYS = ("dataset", "format", "modality", "channel", "cases", "labels", "protocols", "clicks", "range",
                "nsd_tolerance", "z_margin", "max_slices", "slice2d_positives", "seed", "settings", "worst_slices", "label_file", "key_slices", "exact")
@@ -77,7 +79,4 @@ class Store:
 
     @staticmethod
     def _write_json(path: str, obj) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_json(path, obj, indent=1)

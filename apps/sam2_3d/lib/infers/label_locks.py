@@ -20,24 +20,17 @@ from ..engine.errors import PromptError
 from ..engine.geometry import read_label_on
 
 
-def locks_and_exclusions(request, session, label: str, final_label_path: Callable[[], str]) -> np.ndarray | None:
-    """Apply ``lock`` / ``locked_labels`` to the session; return the voxels (frames) ``exclude`` takes out
-    of the label's answer, or None."""
-    lock, locked, exclude = request.get("lock"), request.get("locked_labels"), request.get("exclude")
-    if locked not in (None, ""):
-        if not isinstance(locked, list) or not all(isinstance(n, str) for n in locked):
-            raise PromptError(f"locked_labels must be a list of label names, got {locked!r}")
-        session.locked = set(locked)
-    if lock not in (None, ""):
-        if not isinstance(lock, bool):
-            raise PromptError(f"lock must be true or false, got {lock!r}")
-        session.locked = session.locked | {label} if lock else session.locked - {label}
-    if exclude in (None, "", []):
+def locks_and_exclusions(params, session, label: str, final_label_path: Callable[[], str]) -> np.ndarray | None:
+    """Apply ``lock`` / ``locked_labels`` (checked by ``InferParams``) to the session; return the voxels (frames)
+    ``exclude`` takes out of the label's answer, or None."""
+    if params.locked_labels is not None:
+        session.locked = set(params.locked_labels)
+    if params.lock is not None:
+        session.locked = session.locked | {label} if params.lock else session.locked - {label}
+    if not params.exclude:
         return None
-    if not isinstance(exclude, list) or not all(isinstance(n, str) for n in exclude):
-        raise PromptError(f"exclude must be a list of label names (or \"final\"), got {exclude!r}")
     regions = []
-    for name in exclude:
+    for name in params.exclude:
         if name == "final":
             final = read_label_on(final_label_path(), session.volume.image)
             regions.append(session.geometry.to_frames(final) > 0)

@@ -1,14 +1,10 @@
 """Checks on what a client sends to an infer task, before anything is read or computed.
 
-Two entry points:
-
-* ``parse_params`` / ``check_http_infer``: the HTTP layer (``lib/web/routes.py``) calls them on the raw
-  query and the ``params`` form field, where monailabel itself would answer a bare 500 (malformed JSON,
-  a list, ``Infinity``, an unknown model, no image) or let a client name a server path;
-* ``check_infer_request``: ``Sam2InferTask.__call__`` calls it on the merged request, so that a wrong
-  type or a non-finite number is a 400 naming the field instead of an OverflowError deep in the engine.
-
-Both raise ``EngineInputError`` subclasses (HTTP 4xx) that name the field and the value.
+``parse_params`` / ``check_http_infer``: the HTTP layer (``lib/web/guard.py``) calls them on the raw
+query and the ``params`` form field, where monailabel itself would answer a bare 500 (malformed JSON,
+a list, ``Infinity``, an unknown model, no image) or let a client name a server path. They raise
+``EngineInputError`` subclasses (HTTP 4xx) that name the field and the value. The fields an infer task
+reads are typed and checked by ``InferParams.parse`` (``infer_params.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +14,7 @@ import math
 import os
 from typing import Any
 
+from ..common import LABEL_UPLOAD_EXTENSIONS
 from ..datastore.names import check_name
 from ..engine.errors import BadRequestValue, ImageNotFound, UnknownOption, UnreadableImage
 from .work_caps import check_click_count
@@ -25,12 +22,10 @@ from .work_caps import check_click_count
 MAX_PARAMS_BYTES = 4 << 20  # prompts are a few KB; a mask travels as a file, never inside params
 MAX_ABS_NUMBER = 1e9  # no voxel index, slice or window is larger; bigger values only overflow later
 MAX_DEPTH = 32  # prompts nest 3 deep; monailabel deep-copies and logs params recursively (900 deep: 500)
-INT_FIELDS = ("start_slice", "end_slice", "auto_stop", "label_value", "slice")
 NAME_FIELDS = ("label_tag",)
 # Keys monailabel fills from the query, the uploads or the session: a client setting them in params
 # would replace the image or the mask file by any path on the server.
 SERVER_KEYS = ("image", "image_id", "model", "session", "file", "description", "client_key")
-LABEL_UPLOAD_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
 
 
 # -- HTTP layer ----------------------------------------------------------------------------------
@@ -111,89 +106,3 @@ def check_http_infer(app, model: str, image: str, session_id: str, params: dict,
         if not image or session_id or file_name:
             raise BadRequestValue("output=dicom_seg needs image=<SeriesInstanceUID> of a series in the PACS "
                                   "(not an upload or a session): the SEG references that series")
-
-
-# -- the infer task ---------------------------------------------------------------------------------
-def as_int(value, field: str) -> int:
-    """An integer field: an int, an integral float or a string of one."""
-    if isinstance(value, bool):
-        raise BadRequestValue(f"{field} must be an integer, got {value!r}")
-    if isinstance(value, float):
-        if not math.isfinite(value) or value != int(value):
-            raise BadRequestValue(f"{field} must be an integer, got {value!r}")
-        value = int(value)
-    elif isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError as e:
-            raise BadRequestValue(f"{field} must be an integer, got {value!r}") from e
-    elif not isinstance(value, int):
-        raise BadRequestValue(f"{field} must be an integer, got {value!r}")
-    if abs(value) > MAX_ABS_NUMBER:
-        raise BadRequestValue(f"{field} = {value} is out of range")
-    return value
-
-
-def as_number(value, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadRequestValue(f"{field} must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (ValueError, OverflowError) as e:
-        raise BadRequestValue(f"{field} must be a number, got {value!r}") from e
-    if not math.isfinite(number) or abs(number) > MAX_ABS_NUMBER:
-        raise BadRequestValue(f"{field} = {value!r} is not a finite number of a sensible size")
-    return number
-
-
-def _points(value, field: str, length: int) -> None:
-    if value in (None, ""):
-        return
-    if not isinstance(value, (list, tuple)):
-        raise BadRequestValue(f"{field} must be a list, got {value!r}")
-    items = value if field != "roi" else [value]
-    for item in items:
-        if not isinstance(item, (list, tuple)) or len(item) != length:
-            what = "a voxel index [i, j, k]" if length == 3 else "[i0, i1, j0, j1, k0, k1]"
-            raise BadRequestValue(f"{field}: {item!r} is not {what}")
-        for v in item:
-            as_number(v, field)
-
-
-def check_infer_request(request: dict, kind: str) -> None:
-    """Types and ranges of the fields an infer task reads; raises ``BadRequestValue`` naming the field."""
-    if not isinstance(request, dict):
-        raise BadRequestValue(f"the request must be a JSON object, got {type(request).__name__}")
-    check_numbers({k: v for k, v in request.items() if k not in ("session", "description")}, "params")
-    for field in INT_FIELDS:
-        if request.get(field) is not None:
-            as_int(request[field], field)
-    if request.get("auto_stop") not in (None, "") and as_int(request["auto_stop"], "auto_stop") < 0:
-        raise BadRequestValue(f"auto_stop must be >= 0 (0 = never stop), got {request['auto_stop']!r}")
-    prompt_slices = request.get("prompt_slices")
-    if prompt_slices not in (None, "", []):
-        for k in prompt_slices if isinstance(prompt_slices, list) else [prompt_slices]:
-            as_int(k, "prompt_slices")
-    has_center, has_width = request.get("window_center") is not None, request.get("window_width") is not None
-    if has_center or has_width:
-        if not (has_center and has_width):
-            raise BadRequestValue("window_center and window_width go together")
-        as_number(request["window_center"], "window_center")
-        if as_number(request["window_width"], "window_width") <= 0:
-            raise BadRequestValue(f"window_width must be > 0, got {request['window_width']!r}")
-    check_click_count(request)  # before the points are read one by one
-    for field in ("foreground", "background"):
-        _points(request.get(field), field, 3)
-    roi = request.get("roi")
-    _points(roi, "roi", 6)
-    if kind == "box" and roi not in (None, "", []) and request.get("slice") is not None and request.get("axis") in (None, "", "k"):
-        k0, k1 = sorted(int(round(float(v))) for v in roi[4:6])
-        k = as_int(request["slice"], "slice")
-        if not k0 <= k <= k1:
-            raise BadRequestValue(f"box slice {k} is outside the roi's slices [{k0}, {k1}]")
-    for field in NAME_FIELDS:
-        if request.get(field) not in (None, ""):
-            check_name(request[field], field)
-    image_id = request.get("image_id")
-    if isinstance(image_id, str) and image_id and not os.path.isabs(image_id):
-        check_name(image_id, "image id")

@@ -32,20 +32,17 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from ..engine import intensity
 from ..engine.compiled import compile_status
 from ..engine.engine import Propagation, Sam2VolumeEngine, SlicePrompt
-from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption
-from ..engine.geometry import AXES, SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
+from ..engine.errors import EngineInputError, ImageNotFound, PromptError, UnknownOption, unknown_image
+from ..engine.geometry import SliceGeometry, label_image_like, read_label_on, suggested_axis, write_label
 from ..engine.torch_thread import ClientGone
 from ..engine.weights import ensure_weights, weights_in_use, weights_served_next
 from ..replicas.sessions import note_session
 from .corner_box import with_corner_roi
+from .infer_params import DEFAULT_AUTO_STOP, InferParams
 from .label_locks import locks_and_exclusions
-from .request_checks import check_infer_request
 from .work_caps import check_slice_count
 
 logger = logging.getLogger(__name__)
-
-RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")
-DEFAULT_AUTO_STOP = 3
 
 DESCRIPTIONS = {
     "point": "SAM 2: +/- clicks on one or more slices, propagated through the volume both ways",
@@ -104,8 +101,12 @@ class Sam2InferTask(InferTask):
 
     def __call__(self, request):
         try:
-            check_infer_request(request, self.kind)  # types and ranges first: a 400 naming the field
-            return self._run(request)
+            params = InferParams.parse(request, self.kind)  # types and ranges first: a 400 naming the field
+            if self.kind == "box" and request.get("roi") in (None, [], ""):
+                request = with_corner_roi(request)  # OHIF has no box tool: two clicks as corners
+                if request.get("box_from_clicks"):
+                    params = InferParams.parse(request, self.kind)  # the box made of them is checked too
+            return self._run(request, params)
         except EngineInputError as e:
             logger.warning(f"{self.kind}: bad request: {e}")
             raise HTTPException(status_code=e.status_code, detail=str(e)) from e
@@ -116,57 +117,50 @@ class Sam2InferTask(InferTask):
             raise
 
     # ------------------------------------------------------------------------------------------
-    def _run(self, request):
+    def _run(self, request, params: InferParams):
         ensure_weights(self.engine)  # the newest fine-tuned version (or the pinned one), without a restart
-        if self.kind == "box":
-            request = with_corner_roi(request)  # OHIF has no box tool: two clicks as corners
         image_path = request.get("image")
         if not isinstance(image_path, str) or not image_path or not os.path.exists(image_path):
-            raise ImageNotFound(
-                f"unknown image {request.get('image_id', image_path)!r}: it is not in the datastore, and no live "
-                f"session holds it (a session_id may have expired)"
-            )
-        self._check_checkpoint(request)
-        extension = self._result_extension(request)
-        preset = intensity.preset_from_params(request)
-        axis, axis_hint = self._axis(request)
+            raise unknown_image(request.get("image_id", image_path))
+        self._check_checkpoint(params.checkpoint)
+        axis, axis_hint = self._axis(request, params.axis)
         mode = "2d" if self.kind == "slice2d" else "3d"
         client_id = str(request.get("client_id") or "")
-        session = self.engine.open(image_path, _session_client(request, client_id), preset, mode, axis)
+        session = self.engine.open(image_path, _session_client(request, client_id), params.preset, mode, axis)
         note_session(self.engine, session, request, _session_client(request, client_id), mode, axis)  # replicas
         # the whole request under the session's lock: prompts, propagation and the answer belong together;
         # a refused request leaves the session as it was (its prompts, undo history and last answers)
         with session.all_or_nothing():
             encoded_before = session.features.frames_encoded  # prompts on new slices encode them too
-            result_mask, label_names, result, label = self._answer(request, session, anonymous=not client_id)
+            result_mask, label_names, result, label = self._answer(request, params, session, anonymous=not client_id)
             frames_encoded = session.features.frames_encoded - encoded_before
             answer = self._result_json(result, session, label, label_names, frames_encoded)
             answer["axis_hint"] = axis_hint
             answer["session_restarted"] = session.take_restarted()  # why this client's last session ended
         self.engine.trim(keep=session)
-        out_file = tempfile.NamedTemporaryFile(suffix=extension, delete=False).name
+        out_file = tempfile.NamedTemporaryFile(suffix=params.result_extension, delete=False).name
         write_label(label_image_like(session.geometry.to_volume(result_mask), session.volume.image), out_file)
         return out_file, answer
 
-    def _answer(self, request, session, anonymous: bool):
+    def _answer(self, request, params: InferParams, session, anonymous: bool):
         geo = session.geometry
         label = self._label_name(request)
         session.label = label
-        if _truthy(request.get("reset_all")):
+        if params.reset_all:
             session.reset()
-        elif _truthy(request.get("reset_state")):
+        elif params.reset_state:
             session.reset(label)
         if self.kind == "slice2d":
-            return self._answer_2d(request, session, label)
-        lo, hi = self._slice_range(request, geo)
-        if _truthy(request.get("undo")):
+            return self._answer_2d(request, params, session, label)
+        lo, hi = geo.slice_range(params.start_slice, params.end_slice)
+        if params.undo:
             check_slice_count(lo, hi)
             session.undo()
-        elif _truthy(request.get("redo")):
+        elif params.redo:
             check_slice_count(lo, hi)
             session.redo()
         else:
-            tools, box_range = self._tool_prompts(request, geo, session, anonymous)
+            tools, box_range = self._tool_prompts(request, params, geo, session, anonymous)
             if box_range is not None and max(lo, box_range[0]) > min(hi, box_range[1]):
                 raise PromptError(f"roi slices {list(box_range)} do not meet start_slice/end_slice")
             changed = session.update_prompts(**tools)
@@ -175,11 +169,10 @@ class Sam2InferTask(InferTask):
                 lo, hi = max(lo, min(box_range[0], prompted[0])), min(hi, max(box_range[1], prompted[-1]))
             check_slice_count(lo, hi)  # inside all_or_nothing: a refused request leaves the session as it was
             logger.info(f"{self.kind}: label {label!r}, changed slices {changed}")
-        auto_stop = _int_param(request, "auto_stop", DEFAULT_AUTO_STOP, minimum=0)
-        incremental = _truthy(request.get("incremental", True))  # false: always re-propagate fully
-        result = session.propagate(lo, hi, auto_stop=auto_stop, incremental=incremental)
-        excluded = locks_and_exclusions(request, session, label, lambda: self._datastore_label(request, "final"))
-        if str(request.get("labels", "")).lower() == "all":
+        auto_stop = params.auto_stop
+        result = session.propagate(lo, hi, auto_stop=auto_stop, incremental=params.incremental)
+        excluded = locks_and_exclusions(params, session, label, lambda: self._datastore_label(request, "final"))
+        if params.all_labels:
             for other in session.labels:  # a label whose SAM 2 state was dropped (memory bounds): rebuilt
                 if other != label and session.prompts(other) and session.result(other) is None:
                     session.propagate(lo, hi, auto_stop=auto_stop, label=other)
@@ -193,14 +186,14 @@ class Sam2InferTask(InferTask):
                 mask = np.where(region, 0, mask).astype(np.uint8)
         return mask, {label: 1}, result, label
 
-    def _answer_2d(self, request, session, label: str):
+    def _answer_2d(self, request, params: InferParams, session, label: str):
         """One slice from its own clicks; undo/redo step back to the label's previous slice and clicks."""
-        if _truthy(request.get("undo")):
+        if params.undo:
             session.undo()
-        elif _truthy(request.get("redo")):
+        elif params.redo:
             session.redo()
         else:
-            session.set_prompts(dict([self._slice2d_prompt(request, session.geometry)]))
+            session.set_prompts(dict([self._slice2d_prompt(request, params, session.geometry)]))
         shape = session.volume.slices_u8.shape
         if not session.prompts():
             return np.zeros(shape, dtype=np.uint8), {label: 1}, Propagation.empty(shape, 0, 0), label
@@ -213,9 +206,8 @@ class Sam2InferTask(InferTask):
         return mask, {label: 1}, result, label
 
     @staticmethod
-    def _axis(request) -> tuple[str, str | None]:
-        axis = request.get("axis")
-        if axis in (None, ""):
+    def _axis(request, axis: str | None) -> tuple[str, str | None]:
+        if axis is None:
             points = [p for key in ("foreground", "background") for p in (request.get(key) or [])
                       if isinstance(p, (list, tuple)) and len(p) == 3]
             try:
@@ -230,15 +222,10 @@ class Sam2InferTask(InferTask):
                     f"propagate through {hint} slices; this answer propagated through axial (k) slices"
                 )
             return "k", None
-        if axis not in AXES:
-            raise UnknownOption(f"axis {axis!r} is not one of i, j, k")
         return axis, None
 
     # -- request parsing -----------------------------------------------------------------------
-    def _check_checkpoint(self, request):
-        wanted = request.get("checkpoint")
-        if wanted not in (None, "") and not isinstance(wanted, str):
-            raise UnknownOption(f"checkpoint must be a checkpoint name, got {wanted!r}")
+    def _check_checkpoint(self, wanted: str | None):
         if wanted and wanted != self.engine.checkpoint_name:
             from ..engine.checkpoints import REGISTRY
 
@@ -248,13 +235,6 @@ class Sam2InferTask(InferTask):
                 f"this server runs checkpoint {self.engine.checkpoint_name!r}, not {wanted!r}; "
                 f"restart it with --conf checkpoint {wanted}"
             )
-
-    @staticmethod
-    def _result_extension(request) -> str:
-        ext = request.get("result_extension") or ".nii.gz"
-        if ext not in RESULT_EXTENSIONS:
-            raise UnknownOption(f"unsupported result_extension {ext!r}; use one of {', '.join(RESULT_EXTENSIONS)}")
-        return ext
 
     def _label_name(self, request) -> str:
         name = request.get("label")
@@ -276,10 +256,7 @@ class Sam2InferTask(InferTask):
                 per_slice[k].append((x, y, positive))
         return per_slice
 
-    def _slice_range(self, request, geo: SliceGeometry) -> tuple[int, int]:
-        return geo.slice_range(request.get("start_slice"), request.get("end_slice"))
-
-    def _tool_prompts(self, request, geo: SliceGeometry, session, anonymous: bool):
+    def _tool_prompts(self, request, params: InferParams, geo: SliceGeometry, session, anonymous: bool):
         """The parts of the label's prompts this request's tool sets (None: left as they are), and the
         slice range of a box with depth. A client without a client_id (OHIF) shares its session with
         others of its kind: its request is then the whole prompt state, every other tool's part is cleared."""
@@ -291,23 +268,18 @@ class Sam2InferTask(InferTask):
                 raise PromptError("sam2_box needs a 'roi' box [i0, i1, j0, j1, k0, k1], or exactly two foreground "
                                   "clicks: the box's opposite corners")
             box, (k0, k1) = geo.roi_to_box(request["roi"])
-            k_box = request.get("slice")
-            if k_box is None:
-                k_box = (k0 + k1) // 2
-            else:
-                k_box = geo.check_slice(k_box, "box slice")
-                if not k0 <= k_box <= k1:
-                    raise PromptError(f"box slice {k_box} lies outside the roi's slices [{k0}, {k1}]")
+            # a given slice lies within the roi's slices (InferParams); both inside the volume (the geometry)
+            k_box = (k0 + k1) // 2 if params.slice is None else geo.check_slice(params.slice, "box slice")
             tools["boxes"] = {k_box: box}
             if k1 > k0:
                 box_range = (k0, k1)
         elif self.kind == "propagate":
-            tools["masks"] = self._mask_prompts(request, geo, session)
+            tools["masks"] = self._mask_prompts(request, params, geo, session)
         if not any(tools.values()) and not session.prompts():
             raise PromptError("no prompt given: add at least one foreground point, a box or a mask")
         return tools, box_range
 
-    def _mask_prompts(self, request, geo: SliceGeometry, session) -> dict[int, np.ndarray]:
+    def _mask_prompts(self, request, params: InferParams, geo: SliceGeometry, session) -> dict[int, np.ndarray]:
         label_file = _uploaded_label(request)
         if label_file is None:
             tag = request.get("label_tag")
@@ -317,16 +289,12 @@ class Sam2InferTask(InferTask):
                 )
             label_file = self._datastore_label(request, tag)
         label = geo.to_frames(read_label_on(label_file, session.volume.image))  # frames along the axis
-        value = _int_param(request, "label_value", None)
+        value = params.label_value
         mask = label == value if value is not None else label > 0
         nonempty = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
         if nonempty.size == 0:
             raise PromptError("the mask prompt is empty (no voxel of the label is set)")
-        slices = request.get("prompt_slices")
-        if slices in (None, [], ""):
-            slices = [int(nonempty[0] + nonempty[-1]) // 2]  # the middle of the object's z-range
-        if not isinstance(slices, list):
-            slices = [slices]
+        slices = params.prompt_slices or [int(nonempty[0] + nonempty[-1]) // 2]  # the middle of the z-range
         prompts = {}
         for k in slices:
             k = geo.check_slice(k, "prompt slice")
@@ -344,9 +312,9 @@ class Sam2InferTask(InferTask):
             raise ImageNotFound(f"no label with tag {tag!r} is saved for image {image_id!r}")
         return uri
 
-    def _slice2d_prompt(self, request, geo: SliceGeometry) -> tuple[int, SlicePrompt]:
+    def _slice2d_prompt(self, request, params: InferParams, geo: SliceGeometry) -> tuple[int, SlicePrompt]:
         points = self._points(request, geo)
-        k = request.get("slice")
+        k = params.slice
         if k is None:
             fg = request.get("foreground") or []
             last = (fg or request.get("background") or [None])[-1]
@@ -404,30 +372,5 @@ def _uploaded_label(request) -> str | None:
     return None
 
 
-def _point_prompt(points, box=None) -> SlicePrompt:
-    return SlicePrompt(
-        points=tuple((x, y) for x, y, _ in points),
-        labels=tuple(lab for _, _, lab in points),
-        box=tuple(box) if box is not None else None,
-    )
-
-
-def _int_param(request, key: str, default, minimum: int | None = None):
-    """An integer parameter, or a 400 naming it (also for NaN, infinity, 1e400 and non-integral values)."""
-    value = request.get(key, default)
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError
-        number = int(number)
-    except (TypeError, ValueError, OverflowError):
-        raise PromptError(f"{key} must be an integer, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise PromptError(f"{key} must be >= {minimum}, got {number}")
-    return number
-
-
-def _truthy(v) -> bool:
-    return v is True or str(v).lower() in ("1", "true", "yes")
+def _point_prompt(points) -> SlicePrompt:
+    return SlicePrompt(points=tuple((x, y) for x, y, _ in points), labels=tuple(lab for _, _, lab in points))

@@ -20,7 +20,6 @@ from typing import Optional
 
 from fastapi import Depends, HTTPException
 from fastapi.responses import FileResponse
-from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.train import run_model
 from monailabel.endpoints.user.auth import RBAC, User
@@ -33,6 +32,8 @@ from lib.engine.errors import EngineInputError
 from lib.engine.weights import list_versions, manager_of, standalone_state_dict, summary, weights_served_next
 from lib.replicas import training_lock
 from lib.training.params import TRAINER_NAME, TrainParamError, check_for_server, parse
+
+from ..web.monailabel_adapter import install_routes_first
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +135,4 @@ ROUTES = [
 
 
 def install(fastapi_app) -> bool:
-    routes = fastapi_app.router.routes
-    if any(getattr(r, "endpoint", None) is train_with_checked_params for r in routes):
-        return False
-    for path, endpoint, methods in reversed(ROUTES):
-        routes.insert(0, APIRoute(settings.MONAI_LABEL_API_STR + path, endpoint, methods=methods,
-                                  include_in_schema=False))
-    return True
+    return install_routes_first(fastapi_app, ROUTES)

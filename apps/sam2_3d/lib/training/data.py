@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.common import VOLUME_EXTENSIONS, strip_extension
 from lib.engine import intensity
 from lib.engine.frames import frame_tensor
 from lib.engine.geometry import read_image, read_label_on, volume_array
@@ -52,11 +53,7 @@ def datastore_pairs(datastore) -> list[dict]:
 
 
 def _image_id(path: str) -> str:
-    name = os.path.basename(os.path.normpath(path))
-    for ext in (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return strip_extension(path, VOLUME_EXTENSIONS)
 
 
 def file_digest(path: str) -> str:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from sam2.modeling.sam2_utils import get_next_point
 
+from lib.engine import sam2_adapter
+
 
 def encode_frames(model, frames: torch.Tensor, train_encoder: bool) -> dict:
     """``forward_image`` on a clip's frames ``[L, 3, S, S]``; no graph when the encoder is frozen."""
@@ -69,13 +71,13 @@ def video_forward(model, backbone_out: dict, point_inputs: dict | None, mask_inp
     output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     outputs = []
     for t in range(num_frames):
-        _, feats, pos, sizes = model._prepare_backbone_features(frame_features(backbone_out, t))
+        feats, pos, sizes = sam2_adapter.prepare_backbone_features(model, frame_features(backbone_out, t))
         first = t == 0
         points = point_inputs if first else None
         masks = mask_inputs if first else None
-        current, sam_outputs, high_res_features, pix_feat = model._track_step(
-            t, first, feats, pos, sizes, points, masks, output_dict, num_frames, False, None
-        )
+        current, sam_outputs, high_res_features, pix_feat = sam2_adapter.track_step(
+            model, t, is_init_cond_frame=first, current_vision_feats=feats, current_vision_pos_embeds=pos,
+            feat_sizes=sizes, point_inputs=points, mask_inputs=masks, output_dict=output_dict, num_frames=num_frames)
         steps = []
         if first and points is not None and corrections > 0 and gt_first is not None:
             for _ in range(corrections):
@@ -87,13 +89,11 @@ def video_forward(model, backbone_out: dict, point_inputs: dict | None, mask_inp
                     xy, label = get_next_point(gt_first > 0.5, None if from_gt else high_res > 0, "uniform")
                 points = {"point_coords": torch.cat([points["point_coords"], xy.to(points["point_coords"])], 1),
                           "point_labels": torch.cat([points["point_labels"], label.to(points["point_labels"])], 1)}
-                sam_outputs = model._forward_sam_heads(
-                    backbone_features=pix_feat, point_inputs=points, mask_inputs=low_res,
-                    high_res_features=high_res_features, multimask_output=model._use_multimask(True, points))
+                sam_outputs = sam2_adapter.forward_sam_heads(model, pix_feat, points, low_res, high_res_features)
             current["point_inputs"] = points
         _, high_res_multimasks, ious, low_res, high_res, obj_ptr, object_score_logits = sam_outputs
         current.update(pred_masks=low_res, pred_masks_high_res=high_res, obj_ptr=obj_ptr)
-        model._encode_memory_in_output(feats, sizes, points, True, high_res, object_score_logits, current)
+        sam2_adapter.encode_memory(model, feats, sizes, points, high_res, object_score_logits, current)
         output_dict["cond_frame_outputs" if first else "non_cond_frame_outputs"][t] = current
         outputs.append({
             "multimasks": high_res_multimasks,  # [1, M, S, S] logits

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from lib.common import parse_bool, parse_int
 from lib.engine.intensity import PRESETS
 
 from .data import PROMPT_KINDS
@@ -66,17 +67,6 @@ class TrainParams:
 DEFAULTS = TrainParams()
 
 
-def _bool(v):
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError
-
-
 def _first(v):
     # Slicer sends back a config list's value as the list itself when the user left it unchanged
     return v[0] if isinstance(v, list) and len(v) == 1 else v
@@ -121,11 +111,9 @@ def parse(request: dict) -> TrainParams:
         rule, accepts = RULES.get(key, (lambda v: True, kind.__name__))
         try:
             if kind is bool:
-                value = _bool(raw)
+                value = parse_bool(raw)
             elif kind is int:
-                if isinstance(raw, bool) or float(raw) != int(float(raw)):
-                    raise ValueError
-                value = int(float(raw))
+                value = parse_int(raw)
             elif kind is float:
                 if isinstance(raw, bool):
                     raise ValueError
@@ -134,7 +122,7 @@ def parse(request: dict) -> TrainParams:
                 value = str(raw).strip()
             if not rule(value):
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             errors.append(f"{key}={raw!r}: must be {accepts if kind is not bool else 'true or false'}")
             continue
         values[key] = value

@@ -14,11 +14,13 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from lib.common import atomic_write_json as _write_json
 from lib.engine import intensity
 from lib.engine.model import lazy_constants_as
 from lib.engine.weights import base_identity, ensure_weights, manager_of, versions_root, weights_in_use
@@ -35,13 +37,6 @@ logger = logging.getLogger(__name__)
 def say(line: str) -> None:
     """Progress lines: monailabel keeps the train process's last stdout lines for GET /train/."""
     print(f"[sam2_finetune] {line}", file=sys.stdout, flush=True)
-
-
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def progress_path(model_dir: str) -> str:
@@ -182,6 +177,147 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
     ensure_weights(engine)  # start from the weights the server uses now
     parent_name = weights_in_use(engine)
     check_for_server(params, engine.image_size)
+    data = _training_data(datastore, params, pairs)
+    base = base_identity(engine)
+    root = versions_root(model_dir)
+    run_dir = os.path.join(root, "_runs", _run_key(params, data.labels, base, parent_name))
+    last, resume_note = _prepare_run_dir(run_dir, params.resume)
+
+    say(f"{len(data.train_pairs)} training and {len(data.val_pairs)} validation images; starting from {parent_name} "
+        f"({engine.checkpoint_name}{', RANDOM WEIGHTS' if engine.random_weights else ''}) at {engine.image_size} px")
+    volumes = [data.volume_of[p["image_id"]] for p in data.train_pairs]
+    sampler = D.ClipSampler(volumes, params.clip_length, params.prompt_kinds(), params.seed)
+    progress = Progress(run_dir, model_dir, params, {
+        "run": os.path.basename(run_dir), "parent": parent_name, "pid": os.getpid(), "resume_note": resume_note,
+        "skipped_labels": data.skipped, "reason": None, "version": None})
+    best = BestByValidation(run_dir)
+    torch.manual_seed(params.seed)
+    module = Sam2Finetune(engine, sampler, params, data.val_pairs, on_step=progress.on_step)
+    start_state = module.trained_state()
+
+    def on_validation(step, epoch, result):
+        progress.on_validation(step, epoch, result)
+        if best.offer(step, result["dice"], module):
+            say(f"best so far: validation Dice {result['dice']} at step {step}")
+
+    module.on_validation = on_validation
+    datamodule = ClipData(sampler, data.val_pairs, params.steps_per_epoch, params.total_steps)
+    say(f"training {len(module.trainable)} tensors ({', '.join(params.parts())}"
+        f"{', image encoder' if params.train_image_encoder else '; image encoder frozen'})")
+
+    gpu = str(engine.device).startswith("cuda")
+    common = dict(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
+                  enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir)
+    before = _validate_before(run_dir, module, datamodule, bool(data.val_pairs), common)
+    trainer = _fit(module, datamodule, params, run_dir, last, progress, best, bool(data.val_pairs),
+                   [*callbacks], common)
+    run = FinishedRun(engine=engine, module=module, params=params, data=data, base=base, parent_name=parent_name,
+                      root=root, run_dir=run_dir, progress=progress, steps=int(trainer.global_step),
+                      seconds=time.time() - t_start, resume_note=resume_note, precision=common["precision"])
+    kept_state, kept, after = _kept_result(best, run.progress.history(), module, run.steps)
+    dice_before = before["dice"] if before else None
+    if params.keep_only_if_better and not (dice_before is None or (kept["dice"] is not None
+                                                                     and kept["dice"] > dice_before)):
+        module.load_trained_state(start_state)  # the engine keeps the weights it started from
+        lazy_constants_as(module.model, inference=True)
+        return _discard(run, kept, dice_before)
+    module.load_trained_state(kept_state)
+    lazy_constants_as(module.model, inference=True)  # as serving (and a compiled server's graphs) had them
+    return _keep(run, kept, before, after)
+
+
+@dataclass
+class FinishedRun:
+    """What a run's ending needs to know: written once after Lightning's fit."""
+
+    engine: object
+    module: Sam2Finetune
+    params: TrainParams
+    data: TrainingData
+    base: dict
+    parent_name: str
+    root: str
+    run_dir: str
+    progress: Progress
+    steps: int
+    seconds: float
+    resume_note: str | None
+    precision: str
+
+    @property
+    def csv_path(self) -> str:
+        return os.path.join(self.run_dir, "csv", "metrics.csv")
+
+    def mark_finished(self, record: dict) -> None:
+        _write_json(os.path.join(self.run_dir, "finished.json"), record)
+        shutil.rmtree(os.path.join(self.run_dir, "checkpoints"), ignore_errors=True)  # they were for resuming
+
+
+def _discard(run: FinishedRun, kept: dict, dice_before: float) -> dict:
+    """Not better than the start: no version; the parent stays in use."""
+    reason = (f"not better than the starting weights: best validation Dice {kept['dice']} (step {kept['step']}) "
+              f"<= {dice_before} before training; no version written, {run.parent_name} stays in use")
+    run.mark_finished({"version": None, "reason": reason})
+    run.progress.publish(status="DONE", reason=reason, version=None, total_time=round(run.seconds, 1), step=run.steps,
+                         kept_step=kept["step"], best_metric=kept["dice"], dice_before=dice_before)
+    say(reason)
+    return {"version": None, "reason": reason, "steps": run.steps, "seconds": round(run.seconds, 1),
+            "validation": {"dice_before": dice_before, "dice_best": kept["dice"], "best_step": kept["step"]},
+            "curve_csv": run.csv_path}
+
+
+def _keep(run: FinishedRun, kept: dict, before: dict | None, after: dict | None) -> dict:
+    """The new version: the tensors trained now and those the parent had changed from the base."""
+    history = run.progress.history()
+    validation = {
+        "protocol": "mask", "metric": "volume Dice", "images": [p["image_id"] for p in run.data.val_pairs],
+        "dice_before": before["dice"] if before else None, "dice_after": after["dice"] if after else None,
+        "kept_step": kept["step"], "kept": "best validation Dice (ties: later)" if after else "last (no validation images)",
+        "side_by_side": _side_by_side(before, after),
+    }
+    metrics = {
+        "validation": validation, "steps": run.steps, "seconds": round(run.seconds, 1),
+        "resumed_from_step": run.progress.first_step or None, "resume_note": run.resume_note,
+        "skipped_labels": run.data.skipped,
+        "final_train_loss_mean20": _mean_last([h["loss"] for h in history if "loss" in h]),
+        "first_train_loss_mean20": _mean_first([h["loss"] for h in history if "loss" in h]),
+        "device": str(run.engine.device), "precision": run.precision,
+    }
+    changed = set(run.module.trainable)
+    manager = manager_of(run.engine)
+    if manager is not None:
+        changed |= manager.replaced_tensors()  # tensors the parent version had changed from the base
+    state = {k: v for k, v in run.engine.predictor.state_dict().items() if k in changed}
+    params = run.params
+    config = {
+        "base": run.base, "image_size": run.engine.image_size,
+        "parent": run.parent_name, "trained_parts": params.parts() + (["image_encoder"] if params.train_image_encoder else []),
+        "trained_tensors": len(state), "steps": run.steps, "kept_step": kept["step"], "validation": validation,
+    }
+    name = write_version(run.root, state, config, params.to_dict(), {"images": run.data.labels}, metrics, history,
+                         curve_csv=run.csv_path if os.path.exists(run.csv_path) else None)
+    run.mark_finished({"version": name})
+    reason = ("best validation Dice "
+              f"{validation['dice_before']} -> {validation['dice_after']} (step {kept['step']})" if after else
+              "no validation images: the last step's weights are kept")
+    run.progress.publish(status="DONE", reason=reason, version=name, total_time=round(run.seconds, 1), step=run.steps,
+                         kept_step=kept["step"])
+    say(f"version {name} written: {reason}, in {run.seconds:.0f} s")
+    return {"version": name, "path": os.path.join(run.root, name), **metrics}
+
+
+@dataclass
+class TrainingData:
+    """The usable final labels, split; ``labels`` (with digests) identify the run."""
+
+    train_pairs: list[dict]
+    val_pairs: list[dict]
+    volume_of: dict
+    labels: list[dict]
+    skipped: list[dict]
+
+
+def _training_data(datastore, params: TrainParams, pairs: list[dict] | None) -> TrainingData:
     pairs = D.datastore_pairs(datastore) if pairs is None else pairs
     if params.max_images:
         pairs = pairs[: params.max_images]
@@ -203,12 +339,15 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
         train_pairs, val_pairs = D.split(pairs, params.validation_split, params.seed)
     labels = [{**p, "label_sha256": D.file_digest(p["label"]), "split": "validation" if p in val_pairs else "train"}
               for p in pairs]
-    base = base_identity(engine)
-    root = versions_root(model_dir)
-    run_dir = os.path.join(root, "_runs", _run_key(params, labels, base, parent_name))
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    last = os.path.join(ckpt_dir, "last.ckpt")
-    if not params.resume or os.path.exists(os.path.join(run_dir, "finished.json")):
+    return TrainingData(train_pairs, val_pairs, volume_of, labels, skipped)
+
+
+def _prepare_run_dir(run_dir: str, resume: bool) -> tuple[str, str | None]:
+    """The run folder, emptied unless resuming; an unreadable resume checkpoint is moved aside.
+
+    Returns the resume checkpoint's path (it may not exist) and a note for clients when it was unreadable."""
+    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    if not resume or os.path.exists(os.path.join(run_dir, "finished.json")):
         shutil.rmtree(run_dir, ignore_errors=True)
     resume_note = None
     if os.path.exists(last):
@@ -223,121 +362,50 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
             say(resume_note)
             logger.error(f"sam2_finetune: {resume_note}")
     os.makedirs(run_dir, exist_ok=True)
-    resume = os.path.exists(last)
+    return last, resume_note
 
-    say(f"{len(train_pairs)} training and {len(val_pairs)} validation images; starting from {parent_name} "
-        f"({engine.checkpoint_name}{', RANDOM WEIGHTS' if engine.random_weights else ''}) at {engine.image_size} px")
-    volumes = [volume_of[p["image_id"]] for p in train_pairs]
-    sampler = D.ClipSampler(volumes, params.clip_length, params.prompt_kinds(), params.seed)
-    progress = Progress(run_dir, model_dir, params, {
-        "run": os.path.basename(run_dir), "parent": parent_name, "pid": os.getpid(), "resume_note": resume_note,
-        "skipped_labels": skipped, "reason": None, "version": None})
-    best = BestByValidation(run_dir)
-    torch.manual_seed(params.seed)
-    module = Sam2Finetune(engine, sampler, params, val_pairs, on_step=progress.on_step)
-    start_state = module.trained_state()
 
-    def on_validation(step, epoch, result):
-        progress.on_validation(step, epoch, result)
-        if best.offer(step, result["dice"], module):
-            say(f"best so far: validation Dice {result['dice']} at step {step}")
-
-    module.on_validation = on_validation
-    datamodule = ClipData(sampler, val_pairs, params.steps_per_epoch, params.total_steps)
-    say(f"training {len(module.trainable)} tensors ({', '.join(params.parts())}"
-        f"{', image encoder' if params.train_image_encoder else '; image encoder frozen'})")
-
-    gpu = str(engine.device).startswith("cuda")
-    common = dict(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
-                  enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir)
+def _validate_before(run_dir: str, module: Sam2Finetune, datamodule, has_validation: bool, common: dict) -> dict | None:
+    """The starting weights' validation (once per run: a resumed run reads it back)."""
     before_path = os.path.join(run_dir, "before.json")
-    if val_pairs and not os.path.exists(before_path):
+    if has_validation and not os.path.exists(before_path):
         say("validating the starting weights (mask protocol)")
         L.Trainer(logger=False, enable_checkpointing=False, **common).validate(module, datamodule=datamodule,
                                                                                verbose=False)
         _write_json(before_path, module.last_validation)
         say(f"before training: mask-protocol volume Dice {module.last_validation['dice']}")
-    before = json.load(open(before_path)) if os.path.exists(before_path) else None
+    return json.load(open(before_path)) if os.path.exists(before_path) else None
 
+
+def _fit(module: Sam2Finetune, datamodule, params: TrainParams, run_dir: str, last: str, progress: Progress,
+         best: BestByValidation, has_validation: bool, callbacks: list, common: dict) -> L.Trainer:
+    """Lightning's fit, resumed from ``last`` when it exists; the model is left frozen in eval mode."""
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, every_n_train_steps=params.checkpoint_every, save_top_k=0, save_last=True,
+        dirpath=os.path.dirname(last), every_n_train_steps=params.checkpoint_every, save_top_k=0, save_last=True,
     )
     trainer = L.Trainer(
         max_epochs=params.epochs, max_steps=params.total_steps, limit_train_batches=params.steps_per_epoch,
-        limit_val_batches=1.0 if val_pairs else 0, num_sanity_val_steps=0, log_every_n_steps=1,
+        limit_val_batches=1.0 if has_validation else 0, num_sanity_val_steps=0, log_every_n_steps=1,
         gradient_clip_val=params.gradient_clip, gradient_clip_algorithm="norm",
         callbacks=[checkpoint, progress, *callbacks], logger=CSVLogger(run_dir, name="csv", version=""), **common,
     )
     lazy_constants_as(module.model, inference=False)  # served requests left them as inference tensors
     progress.on_resume = best.forget_after
     module.set_train_modes()  # Lightning keeps the modes it finds (it warns about the frozen encoder's eval)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last if os.path.exists(last) else None)
     module.model.eval()
     for p in module.model.parameters():
         p.requires_grad_(False)
+    return trainer
 
-    history = progress.history()
-    steps = int(trainer.global_step)
-    dice_before = before["dice"] if before else None
-    if best.meta is not None:
-        kept_state, kept = best.state(), {"step": best.meta["step"], "dice": best.meta["dice"]}
-        after = next((h for h in reversed(history) if h.get("val_dice") is not None and h["step"] == kept["step"]), None)
-        after = {"dice": kept["dice"], "objects": after["val"] if after else [], "step": kept["step"]}
-    else:  # no validation images: nothing to choose by, the last state is kept
-        kept_state, kept, after = module.trained_state(), {"step": steps, "dice": None}, None
-    better = dice_before is None or (kept["dice"] is not None and kept["dice"] > dice_before)
-    seconds = time.time() - t_start
-    csv_path = os.path.join(run_dir, "csv", "metrics.csv")
-    if params.keep_only_if_better and not better:
-        module.load_trained_state(start_state)  # the engine keeps the weights it started from
-        lazy_constants_as(module.model, inference=True)
-        reason = (f"not better than the starting weights: best validation Dice {kept['dice']} (step {kept['step']}) "
-                  f"<= {dice_before} before training; no version written, {parent_name} stays in use")
-        _write_json(os.path.join(run_dir, "finished.json"), {"version": None, "reason": reason})
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        progress.publish(status="DONE", reason=reason, version=None, total_time=round(seconds, 1), step=steps,
-                         kept_step=kept["step"], best_metric=kept["dice"], dice_before=dice_before)
-        say(reason)
-        return {"version": None, "reason": reason, "steps": steps, "seconds": round(seconds, 1),
-                "validation": {"dice_before": dice_before, "dice_best": kept["dice"], "best_step": kept["step"]},
-                "curve_csv": csv_path}
 
-    module.load_trained_state(kept_state)
-    lazy_constants_as(module.model, inference=True)  # as serving (and a compiled server's graphs) had them
-    changed = set(module.trainable)
-    manager = manager_of(engine)
-    if manager is not None:
-        changed |= set(manager._base)  # tensors the parent version had changed from the base
-    state = {k: v for k, v in engine.predictor.state_dict().items() if k in changed}
-    validation = {
-        "protocol": "mask", "metric": "volume Dice", "images": [p["image_id"] for p in val_pairs],
-        "dice_before": dice_before, "dice_after": after["dice"] if after else None,
-        "kept_step": kept["step"], "kept": "best validation Dice (ties: later)" if after else "last (no validation images)",
-        "side_by_side": _side_by_side(before, after),
-    }
-    metrics = {
-        "validation": validation, "steps": steps, "seconds": round(seconds, 1),
-        "resumed_from_step": progress.first_step or None, "resume_note": resume_note, "skipped_labels": skipped,
-        "final_train_loss_mean20": _mean_last([h["loss"] for h in history if "loss" in h]),
-        "first_train_loss_mean20": _mean_first([h["loss"] for h in history if "loss" in h]),
-        "device": str(engine.device), "precision": "bf16-mixed" if gpu else "32-true",
-    }
-    config = {
-        "base": base, "image_size": engine.image_size,
-        "parent": parent_name, "trained_parts": params.parts() + (["image_encoder"] if params.train_image_encoder else []),
-        "trained_tensors": len(state), "steps": steps, "kept_step": kept["step"], "validation": validation,
-    }
-    name = write_version(root, state, config, params.to_dict(), {"images": labels}, metrics, history,
-                         curve_csv=csv_path if os.path.exists(csv_path) else None)
-    _write_json(os.path.join(run_dir, "finished.json"), {"version": name})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the version holds the result; checkpoints were for resuming
-    reason = ("best validation Dice "
-              f"{validation['dice_before']} -> {validation['dice_after']} (step {kept['step']})" if after else
-              "no validation images: the last step's weights are kept")
-    progress.publish(status="DONE", reason=reason, version=name, total_time=round(seconds, 1), step=steps,
-                     kept_step=kept["step"])
-    say(f"version {name} written: {reason}, in {seconds:.0f} s")
-    return {"version": name, "path": os.path.join(root, name), **metrics}
+def _kept_result(best: BestByValidation, history: list[dict], module: Sam2Finetune, steps: int):
+    """The state to keep, its step and Dice, and its validation (None without validation images)."""
+    if best.meta is None:  # no validation images: nothing to choose by, the last state is kept
+        return module.trained_state(), {"step": steps, "dice": None}, None
+    kept = {"step": best.meta["step"], "dice": best.meta["dice"]}
+    entry = next((h for h in reversed(history) if h.get("val_dice") is not None and h["step"] == kept["step"]), None)
+    return best.state(), kept, {"dice": kept["dice"], "objects": entry["val"] if entry else [], "step": kept["step"]}
 
 
 def _side_by_side(before: dict | None, after: dict | None) -> list[dict]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from lib.engine.intensity import IntensityPreset
-from lib.evaluation import case_task, datasets, metrics, protocols
+from lib.engine.sam2_adapter import quiet_progress_bars
+from lib.evaluation import datasets, metrics, protocols
 
 MASK = protocols.ProtocolSpec.parse("mask")
 
@@ -19,7 +20,7 @@ def label_specs(objects: str, label_values) -> list[datasets.LabelSpec]:
 
 def validate(engine, pairs: list[dict], objects: str, preset: str, z_margin: int, seed: int = 0) -> dict:
     """Mask-protocol volume Dice of every object of every held-out image; the mean over objects."""
-    case_task._quiet_sam2_progress()  # SAM 2's per-pass tqdm bar would flood the train log
+    quiet_progress_bars()  # SAM 2's per-pass tqdm bar would flood the train log
     per_object = []
     for pair in pairs:
         case = datasets.Case(pair["image_id"], pair["image"], pair["label"])

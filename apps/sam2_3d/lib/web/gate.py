@@ -22,7 +22,7 @@ import sys
 import tempfile
 from urllib.parse import urlsplit
 
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import iter_route_contexts
 from monailabel.config import settings
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -30,6 +30,7 @@ from starlette.routing import compile_path
 
 from . import routes_table, wrapped
 from .guard import cors_origins
+from .monailabel_adapter import install_routes_first
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +183,8 @@ def _insert_position(routes) -> int:
 def install(web_app, app=None) -> None:
     """``app``: the running Sam2App (its folders are hidden in answers)."""
     routes = web_app.router.routes
-    if any(getattr(r, "endpoint", None) is wrapped.create_session for r in routes):
+    if not install_routes_first(web_app, wrapped.ROUTES, at=_insert_position(routes)):
         return
-    prefix = settings.MONAI_LABEL_API_STR
-    at = _insert_position(routes)
-    for path, endpoint, methods in reversed(wrapped.ROUTES):
-        routes.insert(at, APIRoute(prefix + path, endpoint, methods=methods, include_in_schema=False))
     folders = _server_folders(app)
     web_app.user_middleware.insert(0, Middleware(Gate, origins=cors_origins(), folders=folders))
     web_app.middleware_stack = web_app.build_middleware_stack()

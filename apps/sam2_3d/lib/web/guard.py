@@ -28,7 +28,6 @@ from typing import List, Optional
 from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints import datastore as ml_datastore
 from monailabel.endpoints import infer as ml_infer
@@ -45,6 +44,7 @@ from ..engine import torch_thread
 from ..engine.errors import EngineInputError, ImageNotFound
 from ..infers.request_checks import check_http_infer, parse_params
 from . import client_gone, client_key
+from .monailabel_adapter import install_routes_first
 
 logger = logging.getLogger(__name__)
 
@@ -210,12 +210,8 @@ def cors_origins() -> list[str]:
 
 
 def install(web_app) -> None:
-    prefix = settings.MONAI_LABEL_API_STR
-    routes = web_app.router.routes
-    if any(getattr(r, "endpoint", None) is infer for r in routes):
+    if not install_routes_first(web_app, ROUTES):
         return
-    for path, endpoint, methods in reversed(ROUTES):
-        routes.insert(0, APIRoute(prefix + path, endpoint, methods=methods, include_in_schema=False))
     from . import auth
 
     auth.install(web_app)  # strict token checks; POST /auth/token answers 401/502

@@ -26,11 +26,12 @@ from urllib.parse import urlparse
 
 from fastapi import Depends, Request
 from fastapi.responses import FileResponse
-from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 from starlette.concurrency import run_in_threadpool
+
+from .monailabel_adapter import install_routes_first
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +79,7 @@ async def info(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_
 
 
 def install(fastapi_app) -> None:
-    routes = fastapi_app.router.routes
-    if any(getattr(r, "endpoint", None) is app_config for r in routes):
+    if not install_routes_first(fastapi_app, [("/info/", info, ["GET"]), ("/ohif/sam2-3d/extension.mjs", extension, ["GET"]),
+                                              ("/ohif/app-config.js", app_config, ["GET"])]):
         return
-    prefix = settings.MONAI_LABEL_API_STR
-    routes.insert(0, APIRoute(prefix + "/ohif/app-config.js", app_config, methods=["GET"], include_in_schema=False))
-    routes.insert(0, APIRoute(prefix + "/ohif/sam2-3d/extension.mjs", extension, methods=["GET"], include_in_schema=False))
-    routes.insert(0, APIRoute(prefix + "/info/", info, methods=["GET"], include_in_schema=False))
     logger.info(f"/ohif/app-config.js served from {CONFIG}; /info/ for OHIF names the weights, without {list(NOT_FOR_OHIF)}")
