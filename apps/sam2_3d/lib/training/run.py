@@ -230,9 +230,6 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
     before = _validate_before(run_dir, module, datamodule, bool(data.val_pairs), common) if rank == 0 else None
     trainer = _fit(module, datamodule, params, run_dir, last, progress, best, bool(data.val_pairs),
                    [*callbacks], {**common, **trainer_options(params, gpu)})
-    if trainer.world_size > 1:  # equal on every rank when DDP synced the gradients
-        say(f"rank {trainer.global_rank} of {trainer.world_size} finished at step {trainer.global_step}: "
-            f"trained parameters sha256 {parameters_digest(module)}")
     if not trainer.is_global_zero:
         return {"rank": trainer.global_rank, "steps": int(trainer.global_step)}
     run = FinishedRun(engine=engine, module=module, params=params, data=data, base=base, parent_name=parent_name,
@@ -418,6 +415,9 @@ def _fit(module: Sam2Finetune, datamodule, params: TrainParams, run_dir: str, la
     progress.on_resume = best.forget_after
     module.set_train_modes()  # Lightning keeps the modes it finds (it warns about the frozen encoder's eval)
     trainer.fit(module, datamodule=datamodule, ckpt_path=last if os.path.exists(last) else None)
+    if trainer.world_size > 1:  # equal on every rank when DDP synced the gradients
+        say(f"rank {trainer.global_rank} of {trainer.world_size} finished at step {trainer.global_step}: "
+            f"trained parameters sha256 {parameters_digest(module)}")
     module.model.eval()
     for p in module.model.parameters():
         p.requires_grad_(False)
