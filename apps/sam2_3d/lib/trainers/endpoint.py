@@ -43,7 +43,7 @@ MODEL = TRAINER_NAME
 def _check(request: dict) -> None:
     app = app_instance()
     try:
-        check_for_server(parse(request), app.model_config.engine.image_size)
+        check_for_server(parse(request), app.model_config.engine.image_size, str(app.model_config.engine.device))
     except TrainParamError as e:
         raise HTTPException(status_code=e.status_code, detail=str(e)) from e
     store = app.datastore()

@@ -19,6 +19,7 @@ from monailabel.utils.async_tasks.utils import processes, tasks
 from lib.engine import torch_thread
 from lib.engine.weights import list_versions, manager_of, summary, versions_root, weights_in_use, weights_served_next
 from lib.replicas import training_lock
+from lib.training.distributed import launched_rank
 from lib.training.params import config_defaults, parse
 from lib.training.run import publish_end, read_progress, train
 
@@ -69,6 +70,8 @@ class Sam2FinetuneTask(TrainTask):
     def __call__(self, request, datastore):
         params = parse(request)  # the endpoint already answered 422 for bad values; this guards direct calls
         logger.info(f"sam2_finetune: {params.to_dict()}")
+        if launched_rank() > 0:  # a DDP rank Lightning started for this run: rank 0 holds the lock
+            return torch_thread.run(train, self.engine, datastore, params, self.model_dir)
         with training_lock.held(self.model_dir):  # one replica trains at a time on a shared model store
             return torch_thread.run(train, self.engine, datastore, params, self.model_dir)  # where the model was built
 

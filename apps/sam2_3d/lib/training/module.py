@@ -17,6 +17,7 @@ from lib.engine.model import FeatureCache, lazy_constants_as
 
 from . import forward as FW
 from .data import ClipSampler, resize_masks
+from .distributed import gather_lists
 from .losses import frame_loss
 from .params import TrainParams
 from .validation import validate
@@ -141,6 +142,8 @@ class Sam2Finetune(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         """One held-out image (``data.ValidationImages``): the mask protocol through the engine."""
+        if batch is None:  # DDP: this rank has no held-out image of its own
+            return
         try:
             result = validate(self.engine, [batch], self.params.objects, self.params.preset,
                               self.params.val_z_margin, self.params.seed)
@@ -149,8 +152,9 @@ class Sam2Finetune(L.LightningModule):
         self._val_objects.extend(result["objects"])
 
     def on_validation_epoch_end(self):
-        dices = [o["dice"] for o in self._val_objects]
-        result = {"dice": round(float(sum(dices) / len(dices)), 6) if dices else None, "objects": self._val_objects,
+        objects = gather_lists(self._val_objects)  # under DDP each rank validated its share of the images
+        dices = [o["dice"] for o in objects]
+        result = {"dice": round(float(sum(dices) / len(dices)), 6) if dices else None, "objects": objects,
                   "protocol": "mask", "metric": "volume Dice (MONAI compute_dice)"}
         self.last_validation = result
         lazy_constants_as(self.model, inference=False)  # autograd refuses inference tensors

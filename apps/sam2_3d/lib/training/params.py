@@ -11,6 +11,7 @@ from lib.common import parse_bool, parse_int
 from lib.engine.intensity import PRESETS
 
 from .data import PROMPT_KINDS
+from .distributed import STRATEGIES, available_devices
 
 TRAIN_PARTS = ("prompt_encoder", "mask_decoder", "memory")
 OBJECTS = ("each", "any")
@@ -49,6 +50,8 @@ class TrainParams:
     seed: int = 0
     resume: bool = True
     max_images: int = 0  # 0: every labelled image
+    devices: int = 1  # processes (GPUs, or CPU processes on gloo) of one run; more than 1 means DDP
+    strategy: str = "auto"  # "auto": one device, or DDP when devices > 1; "ddp": DDP (distributed.py)
 
     def parts(self) -> list[str]:
         return [p.strip() for p in self.train_parts.split(",") if p.strip()]
@@ -87,6 +90,8 @@ RULES = {
     "checkpoint_every": (lambda v: v >= 1, "an integer >= 1"),
     "seed": (lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32-1"),
     "max_images": (lambda v: v >= 0, "an integer >= 0"),
+    "devices": (lambda v: 1 <= v <= 64, "an integer from 1 to 64"),
+    "strategy": (lambda v: v in STRATEGIES, " or ".join(STRATEGIES)),
     "train_parts": (lambda v: bool(v.strip()) and all(p.strip() in TRAIN_PARTS for p in v.split(",") if p.strip()),
                     f"a comma-separated subset of {', '.join(TRAIN_PARTS)}"),
     "prompt_types": (lambda v: bool(v.strip()) and all(p.strip() in PROMPT_KINDS for p in v.split(",") if p.strip()),
@@ -141,8 +146,13 @@ def request_of_train_all(body: dict | None) -> dict:
     return merged
 
 
-def check_for_server(params: TrainParams, server_image_size: int) -> None:
-    """What only the running server can tell: the network's input size is fixed when it starts."""
+def check_for_server(params: TrainParams, server_image_size: int, device: str = "cpu") -> None:
+    """What only the running server can tell: the network's input size is fixed when it starts; how many
+    devices (GPUs, or CPUs for processes on gloo) this machine has."""
+    if params.devices > 1 and params.devices > available_devices(device):
+        kind = "GPUs" if str(device).startswith("cuda") else "CPUs this server may use"
+        raise TrainParamError(f"devices={params.devices}: this server has {available_devices(device)} {kind} "
+                              f"(the model runs on {device})")
     if params.image_size and params.image_size != server_image_size:
         raise TrainParamError(
             f"image_size={params.image_size}: this server runs SAM 2 at {server_image_size} px; train at its size "

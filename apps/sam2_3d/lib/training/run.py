@@ -27,6 +27,7 @@ from lib.engine.weights import base_identity, ensure_weights, manager_of, versio
 
 from . import data as D
 from .datamodule import ClipData
+from .distributed import launched_rank, parameters_digest, trainer_options
 from .module import Sam2Finetune
 from .params import TrainParams, check_for_server
 from .versions import write_version
@@ -54,7 +55,8 @@ def read_progress(model_dir: str) -> dict:
 class Progress(L.Callback):
     """Stdout lines, ``progress.json`` (for ``/info/`` train_stats) and the run's history file."""
 
-    def __init__(self, run_dir: str, model_dir: str, params: TrainParams, base: dict):
+    def __init__(self, run_dir: str, model_dir: str, params: TrainParams, base: dict, writes: bool = True):
+        self.writes = writes  # DDP: rank 0 only; the other ranks train and stay silent
         self.history_path = os.path.join(run_dir, "history.jsonl")
         self.model_dir = model_dir
         self.params = params
@@ -72,20 +74,29 @@ class Progress(L.Callback):
             return [json.loads(line) for line in f if line.strip()]
 
     def _append(self, entry: dict) -> None:
+        if not self.writes:
+            return
         with open(self.history_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
     def publish(self, **kw) -> None:
         self.state.update(kw)
-        _write_json(progress_path(self.model_dir), self.state)
+        if self.writes:
+            _write_json(progress_path(self.model_dir), self.state)
 
     def on_train_start(self, trainer, pl_module):
         step = int(trainer.global_step)
+        self.first_step = step
+        self.t0 = time.time()
+        if trainer.world_size > 1:
+            strategy = trainer.strategy
+            say(f"rank {trainer.global_rank} of {trainer.world_size} ({type(strategy).__name__}, "
+                f"{getattr(strategy, 'process_group_backend', None)}) training from step {step}")
+        if not self.writes:
+            return
         kept = [h for h in self.history() if h["step"] <= step]  # steps after the checkpoint are redone
         with open(self.history_path, "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in kept)
-        self.first_step = step
-        self.t0 = time.time()
         if self.on_resume:
             self.on_resume(step)
         if step:
@@ -93,6 +104,8 @@ class Progress(L.Callback):
         self.publish(step=step, resumed_from_step=step or None)
 
     def on_step(self, step: int, epoch: int, loss: float, dice: float, clip) -> None:
+        if not self.writes:
+            return
         self._append({"step": step, "epoch": epoch + 1, "loss": round(loss, 5), "dice": round(dice, 5)})
         rate = (step - (self.first_step or 0)) / max(1e-9, time.time() - self.t0)
         say(f"epoch {epoch + 1}/{self.params.epochs} step {step}/{self.params.total_steps} loss {loss:.4f} "
@@ -100,6 +113,8 @@ class Progress(L.Callback):
         self.publish(epoch=epoch + 1, step=step, loss=round(loss, 5), steps_per_s=round(rate, 3))
 
     def on_validation(self, step: int, epoch: int, result: dict) -> None:
+        if not self.writes:
+            return
         self._append({"step": step, "epoch": epoch + 1, "val_dice": result["dice"], "val": result["objects"]})
         say(f"validation after epoch {epoch + 1} (step {step}): mask-protocol volume Dice {result['dice']}")
         best = max([h["val_dice"] for h in self.history() if h.get("val_dice") is not None] or [0.0])
@@ -176,12 +191,16 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
     t_start = time.time()
     ensure_weights(engine)  # start from the weights the server uses now
     parent_name = weights_in_use(engine)
-    check_for_server(params, engine.image_size)
+    check_for_server(params, engine.image_size, str(engine.device))
+    rank = launched_rank()  # > 0: a DDP rank Lightning started; it trains and writes nothing
     data = _training_data(datastore, params, pairs)
     base = base_identity(engine)
     root = versions_root(model_dir)
     run_dir = os.path.join(root, "_runs", _run_key(params, data.labels, base, parent_name))
-    last, resume_note = _prepare_run_dir(run_dir, params.resume)
+    if rank == 0:
+        last, resume_note = _prepare_run_dir(run_dir, params.resume)
+    else:  # rank 0 prepared the folder and waits for this rank in fit
+        last, resume_note = os.path.join(run_dir, "checkpoints", "last.ckpt"), None
 
     say(f"{len(data.train_pairs)} training and {len(data.val_pairs)} validation images; starting from {parent_name} "
         f"({engine.checkpoint_name}{', RANDOM WEIGHTS' if engine.random_weights else ''}) at {engine.image_size} px")
@@ -189,7 +208,7 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
     sampler = D.ClipSampler(volumes, params.clip_length, params.prompt_kinds(), params.seed)
     progress = Progress(run_dir, model_dir, params, {
         "run": os.path.basename(run_dir), "parent": parent_name, "pid": os.getpid(), "resume_note": resume_note,
-        "skipped_labels": data.skipped, "reason": None, "version": None})
+        "skipped_labels": data.skipped, "reason": None, "version": None}, writes=rank == 0)
     best = BestByValidation(run_dir)
     torch.manual_seed(params.seed)
     module = Sam2Finetune(engine, sampler, params, data.val_pairs, on_step=progress.on_step)
@@ -197,7 +216,7 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
 
     def on_validation(step, epoch, result):
         progress.on_validation(step, epoch, result)
-        if best.offer(step, result["dice"], module):
+        if rank == 0 and best.offer(step, result["dice"], module):
             say(f"best so far: validation Dice {result['dice']} at step {step}")
 
     module.on_validation = on_validation
@@ -208,9 +227,11 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
     gpu = str(engine.device).startswith("cuda")
     common = dict(accelerator="gpu" if gpu else "cpu", devices=1, precision="bf16-mixed" if gpu else "32-true",
                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir)
-    before = _validate_before(run_dir, module, datamodule, bool(data.val_pairs), common)
+    before = _validate_before(run_dir, module, datamodule, bool(data.val_pairs), common) if rank == 0 else None
     trainer = _fit(module, datamodule, params, run_dir, last, progress, best, bool(data.val_pairs),
-                   [*callbacks], common)
+                   [*callbacks], {**common, **trainer_options(params, gpu)})
+    if not trainer.is_global_zero:
+        return {"rank": trainer.global_rank, "steps": int(trainer.global_step)}
     run = FinishedRun(engine=engine, module=module, params=params, data=data, base=base, parent_name=parent_name,
                       root=root, run_dir=run_dir, progress=progress, steps=int(trainer.global_step),
                       seconds=time.time() - t_start, resume_note=resume_note, precision=common["precision"])
@@ -386,6 +407,7 @@ def _fit(module: Sam2Finetune, datamodule, params: TrainParams, run_dir: str, la
     trainer = L.Trainer(
         max_epochs=params.epochs, max_steps=params.total_steps, limit_train_batches=params.steps_per_epoch,
         limit_val_batches=1.0 if has_validation else 0, num_sanity_val_steps=0, log_every_n_steps=1,
+        use_distributed_sampler=False,  # ClipData deals clips and held-out images to the ranks itself
         gradient_clip_val=params.gradient_clip, gradient_clip_algorithm="norm",
         callbacks=[checkpoint, progress, *callbacks], logger=CSVLogger(run_dir, name="csv", version=""), **common,
     )
@@ -393,6 +415,9 @@ def _fit(module: Sam2Finetune, datamodule, params: TrainParams, run_dir: str, la
     progress.on_resume = best.forget_after
     module.set_train_modes()  # Lightning keeps the modes it finds (it warns about the frozen encoder's eval)
     trainer.fit(module, datamodule=datamodule, ckpt_path=last if os.path.exists(last) else None)
+    if trainer.world_size > 1:  # equal on every rank when DDP synced the gradients
+        say(f"rank {trainer.global_rank} of {trainer.world_size} finished at step {trainer.global_step}: "
+            f"trained parameters sha256 {parameters_digest(module)}")
     module.model.eval()
     for p in module.model.parameters():
         p.requires_grad_(False)
