@@ -84,6 +84,29 @@ def test_a_servers_own_starting_lock_without_a_training_is_stale(tmp_path):
     training_lock.release(str(tmp_path), training_lock.acquire(str(tmp_path)))
 
 
+def test_a_stopped_training_childs_lock_is_stale_while_the_child_is_still_dying(tmp_path):
+    """DELETE /train/ kills the child and marks the task STOPPED; the child may live a moment longer. The
+    same POST right after (to resume) must not get a 409 from the lock of the run it just stopped."""
+    from monailabel.utils.async_tasks.utils import background_tasks
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # alive: not yet dead
+    path = training_lock.lock_path(str(tmp_path))
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": child.pid, "server_pid": os.getpid(), "server": "me:1",
+                   "phase": "running", "started": "now", "token": "x"}, f)
+    task = {"id": "t", "status": "RUNNING"}
+    background_tasks.setdefault("train", []).append(task)
+    try:
+        assert training_lock.holder(str(tmp_path)) is not None, "while this server's task runs, its child holds it"
+        task["status"] = "STOPPED"  # what monailabel's stop_background_task leaves
+        assert training_lock.holder(str(tmp_path)) is None
+    finally:
+        background_tasks["train"].remove(task)
+        child.kill()
+        child.wait()
+
+
 def test_a_dead_processs_lock_is_stale_and_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

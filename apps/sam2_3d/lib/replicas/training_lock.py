@@ -81,6 +81,11 @@ def why_stale(info: dict) -> str | None:
     if (info.get("host") == socket.gethostname() and info.get("pid") == os.getpid()
             and info.get("phase") == "starting" and not _this_server_trains()):
         return "this server took it for a training that is not running (it ended before taking it over)"
+    if (info.get("host") == socket.gethostname() and info.get("server_pid") == os.getpid()
+            and not _this_server_trains()):
+        # DELETE /train/ has just killed this server's training process: it may take a moment to die,
+        # and a POST of the same request right after (to resume) must not get a 409 from its own lock
+        return "this server's training process was stopped or has ended"
     if info.get("heartbeat_age_s", 0.0) > STALE_S:
         return f"no heartbeat for {info['heartbeat_age_s']:.0f} s"
     return None
@@ -164,6 +169,8 @@ def _take_over(model_dir: str) -> dict | None:
             info.get("pid") not in (os.getpid(), os.getppid()):
         return None
     mine = {**_record("running"), "started": info.get("started")}
+    if info.get("pid") != os.getpid():  # a training child of that server (not run_sync, in the server itself)
+        mine["server_pid"] = info.get("pid")
     tmp = f"{path}.{mine['token']}.tmp"
     with open(tmp, "w") as f:
         json.dump(mine, f)
