@@ -59,9 +59,12 @@ for i in $(seq 1 "$replicas"); do
   p=$((port + i))
   cmd=(monailabel start_server --app apps/sam2_3d --studies "$studies" --host 127.0.0.1 --port "$p"
        --conf model_dir "$shared/model" --conf replica true "${extra[@]}")
-  printf '%q ' env MONAI_LABEL_SESSION_PATH="$shared/sessions" MONAI_LABEL_DICOMWEB_CACHE_PATH="$shared/cache/replica-$p" \
-    "${cmd[@]}" > "$shared/run/replica-$p.cmd"
-  MONAI_LABEL_SESSION_PATH="$shared/sessions" MONAI_LABEL_DICOMWEB_CACHE_PATH="$shared/cache/replica-$p" \
+  # each replica's name (host:port) said explicitly: one inherited from the caller's environment would name
+  # every replica alike (the training lock's holder, session_restarted's "held on replica ...")
+  name="$(hostname):$p"
+  printf '%q ' env SAM2_3D_REPLICA="$name" MONAI_LABEL_SESSION_PATH="$shared/sessions" \
+    MONAI_LABEL_DICOMWEB_CACHE_PATH="$shared/cache/replica-$p" "${cmd[@]}" > "$shared/run/replica-$p.cmd"
+  SAM2_3D_REPLICA="$name" MONAI_LABEL_SESSION_PATH="$shared/sessions" MONAI_LABEL_DICOMWEB_CACHE_PATH="$shared/cache/replica-$p" \
     PYTHONUNBUFFERED=1 "${cmd[@]}" > "$shared/logs/replica-$p.log" 2>&1 &
   pids+=($!)
   echo $! > "$shared/run/replica-$p.pid"

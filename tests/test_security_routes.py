@@ -280,6 +280,10 @@ REGRESSIONS = [
     ("POST /train/ with sam2_finetune's epochs abc", lambda s: requests.post(
         f"{s.url}/train/", json={"sam2_finetune": {"epochs": "abc"}}, timeout=60), 422, "epochs"),
     ("POST /reload", lambda s: requests.post(f"{s.url}/reload", timeout=60), 404, "Not Found"),
+    ("GET /ohif/tin%00y (a NUL in monailabel's static-file path: 500)", lambda s: requests.get(
+        f"{s.url}/ohif/tin%00y", timeout=60), 400, "control character"),
+    ("GET /datastore/image?image=... with %01 in the path", lambda s: requests.get(
+        f"{s.url}/datastore/ima%01ge", timeout=60), 400, "control character"),
 ]
 
 

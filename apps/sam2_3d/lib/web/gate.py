@@ -128,6 +128,10 @@ class Gate:
         if method not in SAFE_METHODS and self._foreign(headers):
             return await self._refuse_cross_origin(headers["origin"], scope, receive, send)
         path = scope["path"]
+        if any(ord(c) < 32 or c == "\x7f" for c in path):
+            # no route has a use for control characters, and a NUL makes the file routes' os calls raise (500)
+            return await JSONResponse({"detail": "the URL path holds a control character (e.g. %00)"}, 400)(
+                scope, receive, send)
         matching = [rule for regex, rule in self.rules if regex.match(path)]
         if not matching:
             return await JSONResponse({"detail": "Not Found"}, 404)(scope, receive, send)
