@@ -12,6 +12,7 @@ deterministic, so equality and agreement between code paths are exact statements
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -233,12 +234,11 @@ def test_any_axis_propagates_through_that_stack(engine, volume_path, axis):
 
 
 # -- auto-stop, driven through the real network ------------------------------------------------------
-@pytest.fixture
-def absent_on(engine):
-    """A forward hook on SAM 2's real mask decoder that makes its object score say "absent" on chosen
-    slices (the slice being decoded is read from the feature source, which SAM 2 asks first).
+@contextlib.contextmanager
+def decoder_rewritten(engine, chosen: set, rewrite):
+    """A forward hook on SAM 2's real mask decoder that passes its output for the slices in ``chosen`` through
+    ``rewrite`` (the slice being decoded is read from the feature source, which SAM 2 asks first).
     Named as such: it drives the network's output, it replaces nothing."""
-    chosen: set[int] = set()
     current = {"k": None}
     original_get = VolumeFeatures.get
 
@@ -247,16 +247,25 @@ def absent_on(engine):
         return original_get(self, frame_idx)
 
     def hook(module, args, output):
-        if current["k"] in chosen:
-            masks, ious, tokens, object_scores = output
-            return masks, ious, tokens, torch.full_like(object_scores, -20.0)
-        return output
+        return rewrite(*output) if current["k"] in chosen else output
 
     VolumeFeatures.get = get
     handle = engine.predictor.sam_mask_decoder.register_forward_hook(hook)
-    yield chosen
-    handle.remove()
-    VolumeFeatures.get = original_get
+    try:
+        yield chosen
+    finally:
+        handle.remove()
+        VolumeFeatures.get = original_get
+
+
+@pytest.fixture
+def absent_on(engine):
+    """SAM 2's object score says "absent" on the slices added to the yielded set."""
+    def absent(masks, ious, tokens, object_scores):
+        return masks, ious, tokens, torch.full_like(object_scores, -20.0)
+
+    with decoder_rewritten(engine, set(), absent) as chosen:
+        yield chosen
 
 
 def test_auto_stop_stops_forgets_and_reports(engine, volume_path, absent_on):
@@ -565,29 +574,15 @@ def test_auto_stop_stops_on_empty_masks_the_object_score_calls_present(engine, v
     on the real mask decoder makes the masks of chosen slices empty and their object score +20 ("present").
     Before, auto-stop read the object score alone and ran to the range's ends."""
     chosen = {27, 28, 21, 20}
-    current = {"k": None}
-    original_get = VolumeFeatures.get
 
-    def get(self, frame_idx):
-        current["k"] = frame_idx
-        return original_get(self, frame_idx)
+    def empty_but_present(masks, ious, tokens, object_scores):
+        return torch.full_like(masks, -20.0), ious, tokens, torch.full_like(object_scores, 20.0)
 
-    def hook(module, args, output):
-        masks, ious, tokens, object_scores = output
-        if current["k"] in chosen:
-            return torch.full_like(masks, -20.0), ious, tokens, torch.full_like(object_scores, 20.0)
-        return masks, ious, tokens, object_scores
-
-    VolumeFeatures.get = get
-    handle = engine.predictor.sam_mask_decoder.register_forward_hook(hook)
-    try:
+    with decoder_rewritten(engine, chosen, empty_but_present):
         s = new_session(engine, volume_path)
         engine.feature_cache.drop_volume(s.volume.key)  # every slice decoded through the hook
         s.update_prompts(points={24: [click(s, 0.5, 0.5)]})
         full = s.propagate(18, 31, auto_stop=2)
-    finally:
-        handle.remove()
-        VolumeFeatures.get = original_get
     assert full.stopped_early == {"forward": 28, "reverse": 20}, (full.stopped_early, full.scores)
     assert all(full.scores[k] > 0.5 for k in chosen)
     assert not full.mask[27:].any() and not full.mask[:22].any()
