@@ -216,7 +216,7 @@ from lib.engine.build import engine_from_conf
 from lib.engine.compiled import compile_engine
 engine = engine_from_conf(json.loads({conf!r}))
 built = time.perf_counter() - t0
-figures = compile_engine(engine, {mode!r}, {cache!r})
+figures = compile_engine(engine, {mode!r}, {cache!r}).figures
 print(json.dumps({{"build_s": built, "ready_s": time.perf_counter() - t0, **figures}}))
 """
 
@@ -243,7 +243,7 @@ def bench_model(model: str, a, volume: np.ndarray, warmup: np.ndarray) -> dict:
             from lib.engine.compiled import compile_engine
 
             cache = a.compile_cache or tempfile.mkdtemp(prefix="bench-gpu-compile-")
-            compiled = compile_engine(engine, a.compile, cache)
+            compiled = compile_engine(engine, a.compile, cache).figures
     n = volume.shape[0]
     k = a.click_slice if a.click_slice >= 0 else n // 2
     xy = click_of(volume, k)
@@ -322,7 +322,7 @@ def bench_model(model: str, a, volume: np.ndarray, warmup: np.ndarray) -> dict:
         eager_mask = s6.propagate(0, n - 1, auto_stop=0).mask
         out["dice_vs_eager"] = dice(ours_mask, eager_mask)
         out["voxels_equal_vs_eager"] = float((ours_mask == eager_mask).mean())
-        out["compiled_calls"] = {f"{m}/{how}": c for (m, how), c in engine.predictor.compiled_calls.items()}
+        out["compiled_calls"] = {f"{m}/{how}": c for (m, how), c in engine.compiled.calls.items()}
         del eager, s6
 
     if a.long_slices and model == a.models[0]:

@@ -50,11 +50,11 @@ def user(engine):
 
 expected = user(engine_from_conf(conf))
 engine = engine_from_conf(conf)
-figures = compiled.compile_engine(engine, "reduce-overhead", cache_dir)
+figures = compiled.compile_engine(engine, "reduce-overhead", cache_dir).figures
 warm = compiled.compile_counters()
 got = user(engine)
 after = compiled.compile_counters()
-calls_before_training = dict(engine.predictor.compiled_calls)
+calls_before_training = dict(engine.compiled.calls)
 with torch.enable_grad():  # what a training step does with the memory encoder: eager, with autograd
     feats = torch.randn(1, 256, %(size)s // 16, %(size)s // 16, requires_grad=True)
     out = engine.predictor.memory_encoder(feats, torch.rand(1, 1, %(size)s, %(size)s), skip_mask_sigmoid=True)
@@ -66,7 +66,7 @@ print(json.dumps({
     "dice": [float(2 * np.sum(a & b) / max(1, np.sum(a) + np.sum(b))) for a, b in zip(expected, got)],
     "voxels": [int(m.sum()) for m in got],
     "calls": {f"{k[0]}/{k[1]}": v for k, v in calls_before_training.items()},
-    "training_call_eager": engine.predictor.compiled_calls["memory_encoder", "eager"]
+    "training_call_eager": engine.compiled.calls["memory_encoder", "eager"]
                            - calls_before_training.get(("memory_encoder", "eager"), 0),
     "grad_reached_input": feats.grad is not None and bool(feats.grad.abs().sum() > 0),
 }))
@@ -161,13 +161,16 @@ def test_a_compiled_module_that_fails_is_called_again_eagerly_and_stays_eager(ca
     expected = masks(engine_from_conf(conf))
     engine = engine_from_conf(conf)
     with caplog.at_level(logging.ERROR, logger="lib.engine.compiled"):
-        engine.compiled = compiled.compile_engine(engine, "default", str(tmp_path), compiler=injected_compiler)
+        compiled.compile_engine(engine, "default", str(tmp_path), compiler=injected_compiler)
     np.testing.assert_array_equal(masks(engine), expected)
     assert len(attempts) == 1 and attempts[0]["dynamic"] is True  # tried once, at the warm-up
     status = compiled.compile_status(engine)
     assert list(status["eager_after_failure"]) == ["memory_attention"]
     assert "injected: CUDA graph replay failed" in status["eager_after_failure"]["memory_attention"]
-    calls = engine.predictor.compiled_calls
+    calls = engine.compiled.calls
+    # the compile state is the engine's (engine.compiled), not attributes bolted onto SAM 2's predictor
+    assert not {"compiled_calls", "compile_failures", "compile_mode"} & set(vars(engine.predictor))
+    assert engine.compiled.mode == "default" and status == engine.compiled.status()
     assert calls["memory_attention", "compiled"] == 0 and calls["memory_attention", "eager"] > 8
     assert calls["memory_encoder", "compiled"] > 0  # the other modules stay on their compiled path
     assert any("memory_attention failed; it runs eagerly from now on" in r.getMessage() for r in caplog.records)

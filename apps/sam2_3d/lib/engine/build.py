@@ -77,7 +77,7 @@ def engine_from_conf(conf: dict) -> Sam2VolumeEngine:
         if device.startswith("cuda"):
             from .compiled import DEFAULT_MODE, compile_engine
 
-            engine.compiled = compile_engine(engine, get("compile_mode", DEFAULT_MODE), get("compile_cache", None))
+            compile_engine(engine, get("compile_mode", DEFAULT_MODE), get("compile_cache", None))
         else:
             logger.warning(f"--conf compile true applies to CUDA only: on {device} SAM 2 runs eagerly, as without it")
     return engine

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -67,6 +68,23 @@ class CompiledVolumePredictor(VolumePredictor, SAM2VideoPredictorVOS):
             self._tracking_heads = False
 
 
+@dataclass
+class CompiledTracking:
+    """The engine's compile state (``engine.compiled``; None when SAM 2 runs eagerly): the warm-up figures,
+    which way each gated call went, and the modules that failed and run eagerly from then on."""
+
+    figures: dict  # mode, cache folder, warm-up seconds, inductor's cache misses and hits
+    calls: Counter = field(default_factory=Counter)  # (module, "compiled" | "eager") -> calls
+    failures: dict[str, str] = field(default_factory=dict)  # module -> the error that made it eager
+
+    @property
+    def mode(self) -> str:
+        return self.figures["mode"]
+
+    def status(self) -> dict:
+        return {**self.figures, "eager_after_failure": dict(self.failures)}
+
+
 def _use_cache_dir(cache_dir: str) -> str:
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
@@ -80,10 +98,11 @@ def _use_cache_dir(cache_dir: str) -> str:
     return cache_dir
 
 
-def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = None, compiler=torch.compile) -> dict:
+def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = None,
+                   compiler=torch.compile) -> CompiledTracking:
     """Compile the engine's tracking modules in place (weights stay shared with eager) and compile their
-    code now, on a synthetic volume, rather than on a user's first request. Returns the warm-up figures.
-    (``compiler`` is there for the tests' fault injection.)"""
+    code now, on a synthetic volume, rather than on a user's first request. Sets and returns
+    ``engine.compiled``. (``compiler`` is there for the tests' fault injection.)"""
     cache_dir = _use_cache_dir(cache_dir or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
     predictor = engine.predictor
     # SAM 2 makes some constants lazily on its first calls (sine position encodings, RoPE tables); made
@@ -91,47 +110,45 @@ def compile_engine(engine, mode: str = DEFAULT_MODE, cache_dir: str | None = Non
     _exercise(engine)
     lazy_constants_as(predictor, inference=True)  # the kind serving after a training run has too
     become(predictor, CompiledVolumePredictor)
-    predictor.compiled_calls = Counter()
-    predictor.compile_failures = {}
+    state = CompiledTracking({"mode": mode, "cache_dir": cache_dir})
     for name, dynamic, tracking_only in COMPILED_MODULES:
         module = getattr(predictor, name)
         compiled = compiler(module.forward, mode=mode, fullgraph=True, dynamic=dynamic)
-        module.forward = _gated(predictor, name, compiled, module.forward, tracking_only)
-    predictor.compile_mode = mode
+        module.forward = _gated(predictor, state, name, compiled, module.forward, tracking_only)
     before = compile_counters()
     t0 = time.perf_counter()
     _exercise(engine)
     after = compile_counters()
-    figures = {"mode": mode, "cache_dir": cache_dir,
-               "warm_up_s": round(time.perf_counter() - t0, 2),
-               **{k: after[k] - before[k] for k in after}}
-    logger.info(f"torch.compile of SAM 2's tracking modules: {figures}")
-    return figures
+    state.figures.update({"warm_up_s": round(time.perf_counter() - t0, 2),
+                          **{k: after[k] - before[k] for k in after}})
+    logger.info(f"torch.compile of SAM 2's tracking modules: {state.figures}")
+    engine.compiled = state
+    return state
 
 
-def _gated(predictor, name: str, compiled, eager, tracking_only: bool):
+def _gated(predictor, state: CompiledTracking, name: str, compiled, eager, tracking_only: bool):
     """Compiled for inference only: training (autograd on) runs the same module eagerly; the SAM heads
-    also eagerly on prompted slices. ``predictor.compiled_calls`` counts which way each call went.
+    also eagerly on prompted slices. ``state.calls`` counts which way each call went.
 
     If the compiled module ever fails (a compiler or CUDA-graph error), the call is made again eagerly
     (these modules are functions of their inputs) and the module stays eager from then on: compiling
-    may cost speed, never a request. ``predictor.compile_failures`` says which module failed and why."""
+    may cost speed, never a request. ``state.failures`` says which module failed and why."""
     use_compiled = [compiled]
 
     def forward(*args, **kwargs):
         if use_compiled[0] is not None and not torch.is_grad_enabled() and (predictor._tracking_heads or not tracking_only):
             try:
                 out = use_compiled[0](*args, **kwargs)
-                predictor.compiled_calls[name, "compiled"] += 1
+                state.calls[name, "compiled"] += 1
                 return out
             except torch.cuda.OutOfMemoryError:
                 raise  # not the compiler's fault: the eager module would need the memory too
             except Exception as e:
                 use_compiled[0] = None
-                predictor.compile_failures[name] = f"{type(e).__name__}: {str(e).strip()[:500]}"
+                state.failures[name] = f"{type(e).__name__}: {str(e).strip()[:500]}"
                 logger.error(f"compiled SAM 2 {name} failed; it runs eagerly from now on. "
-                             f"{predictor.compile_failures[name]}", exc_info=True)
-        predictor.compiled_calls[name, "eager"] += 1
+                             f"{state.failures[name]}", exc_info=True)
+        state.calls[name, "eager"] += 1
         return eager(*args, **kwargs)
 
     return forward
@@ -139,9 +156,7 @@ def _gated(predictor, name: str, compiled, eager, tracking_only: bool):
 
 def compile_status(engine) -> dict | None:
     """What ``/info/`` shows: None without compile; else the warm-up figures and any module that fell back."""
-    if engine.compiled is None:
-        return None
-    return {**engine.compiled, "eager_after_failure": dict(getattr(engine.predictor, "compile_failures", {}))}
+    return None if engine.compiled is None else engine.compiled.status()
 
 
 def compile_counters() -> dict:

@@ -97,7 +97,7 @@ class Sam2VolumeEngine:
         self.checkpoint_name = checkpoint_name
         # On a GPU, volumes with more slices than this keep SAM 2's per-slice outputs in CPU memory.
         self.offload_state_above = offload_state_above
-        self.compiled: dict | None = None  # the warm-up figures of ``--conf compile true`` (lib/engine/compiled.py)
+        self.compiled = None  # ``--conf compile true``'s CompiledTracking (lib/engine/compiled.py)
         self.weights_manager = None  # the fine-tuned versions it follows (lib/engine/weights.py: attach)
         self.lock = threading.RLock()  # one network: requests take turns on it
         self._volumes: OrderedDict = OrderedDict()
