@@ -159,15 +159,36 @@ def test_2d_click_answers_its_own_slice(engine, volume_path):
     np.testing.assert_array_equal(fresh.segment_slice(5, p5)[0], first)
 
 
+def test_a_requests_encode_count_covers_its_prompts_and_every_label_it_propagates(engine, volume_path):
+    """The answer's ``frames_encoded`` is the session's count (``all_or_nothing`` yields it), not the
+    infer layer's: it covers each propagation in the request and is 0 once the slices are cached."""
+    # a window no other test uses: none of these slices is in the feature cache yet
+    s = engine.open(volume_path, "sessions-encode-count", intensity.IntensityPreset("window", 321.0, 123.0))
+    with pytest.raises(PromptError, match="non-empty string"):
+        s.select("")
+    with s.all_or_nothing() as encoded:
+        s.select("a")
+        s.update_prompts(points={25: [click(s, 0.5, 0.5)]})
+        first = s.propagate(LO, LO + 4)
+        s.select("b")
+        s.update_prompts(points={27: [click(s, 0.3, 0.3)]})
+        second = s.propagate(LO + 2, HI)
+        assert encoded() == first.frames_encoded + second.frames_encoded == HI - LO + 1  # each slice once
+    with s.all_or_nothing() as encoded:
+        s.select("a")
+        s.update_prompts(points={25: [click(s, 0.5, 0.5), click(s, 0.6, 0.6, 0)]})
+        assert s.propagate(LO, HI).frames_encoded == encoded() == 0
+
+
 def test_labels_keep_their_prompts_and_combine(engine, volume_path):
     s = new_session(engine, volume_path)
-    s.label = "cord"
+    s.select("cord")
     s.update_prompts(points={25: [click(s, 0.5, 0.5)]})
     cord = s.propagate(LO, HI).mask.copy()
-    s.label = "csf"
+    s.select("csf")
     s.update_prompts(points={24: [click(s, 0.3, 0.3)]})
     csf = s.propagate(LO, HI).mask.copy()
-    s.label = "cord"  # back to the first label: its prompts and result are still there
+    s.select("cord")  # back to the first label: its prompts and result are still there
     assert sorted(s.prompts()) == [25]
     back = s.propagate(LO, HI)
     assert back.how == "cached"
@@ -361,7 +382,7 @@ def _apply(s, clicks, action):
         s.update_prompts(masks={action[1]: disk(s, action[2], 0.5, 0.15)})
         return
     elif name == "switch_label":
-        s.label = "b" if s.label == "a" else "a"
+        s.select("b" if s.label == "a" else "a")
         return
     elif name in ("undo", "redo"):
         try:
@@ -411,7 +432,7 @@ def _positive(prompts):
 def test_any_action_sequence_ends_where_a_fresh_session_ends(engine, volume_path, actions):
     """Each action is a request: all of it or, when refused, nothing (prompts and history as before)."""
     s = new_session(engine, volume_path)
-    s.label = "a"
+    s.select("a")
     preset = PRESET
     clicks: dict[str, list] = {}
     for action in [("click", 25, 0.5, 0.5, 1)] + actions:

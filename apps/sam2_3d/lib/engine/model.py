@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -123,6 +124,12 @@ class VolumeFeatures:
         self.bounds = (0, len(frames) - 1)
         self.frames_encoded = 0
         self._ahead = None  # (indices, future of their resized uint8 slices): the next batch, made early
+
+    def encode_counter(self) -> Callable[[], int]:
+        """How many slices this volume encodes from now on: ``encoded = features.encode_counter()``, then
+        ``encoded()``. The count itself is kept here only; propagations and requests read it this way."""
+        start = self.frames_encoded
+        return lambda: self.frames_encoded - start
 
     def plan_pass(self, lo: int, hi: int, direction: int = 1) -> None:
         """The slices the next pass will ask for, in which order: a miss then encodes (and prefetches) the

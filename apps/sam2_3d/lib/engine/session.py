@@ -2,7 +2,7 @@
 truth), their undo/redo history and a SAM 2 state derived from them, all sharing the volume's cached
 image features.
 
-Verbs (``label=None`` means the current label, ``session.label``):
+Verbs (``label=None`` means the current label, ``session.label``, chosen by ``select(label)``):
 
 * ``set_prompts(prompts)`` / ``update_prompts(points=, boxes=, masks=)`` -> the slices whose prompt changed;
 * ``undo()`` / ``redo()`` -> the label's prompts before / after its last prompt action;
@@ -140,14 +140,23 @@ class Session:
     @contextmanager
     def all_or_nothing(self):
         """A request's changes (current label, prompts, history, SAM 2 states) stand only if it succeeds:
-        a refused request leaves the session exactly as it found it, its last answers included."""
+        a refused request leaves the session exactly as it found it, its last answers included. Yields
+        the request's encode counter: ``encoded()`` is the slices it encoded so far (its prompted slices'
+        and every propagation's)."""
         with self.lock:
             saved = (self.label, {n: work.copy() for n, work in self._labels.items()}, set(self.locked))
             try:
-                yield
+                yield self.features.encode_counter()
             except BaseException:
                 self.label, self._labels, self.locked = saved
                 raise
+
+    def select(self, label: str) -> None:
+        """Make ``label`` the current label: the one the verbs' ``label=None`` means from now on. A label
+        is created by its first prompt, not here."""
+        if not isinstance(label, str) or not label:
+            raise PromptError(f"a label is named by a non-empty string, not {label!r}")
+        self.label = label
 
     def reset(self, label: str | None = None) -> None:
         """Clear one label (prompts, history, SAM 2 state) or, without a label, every label. The SAM 2

@@ -24,6 +24,7 @@ That and the auto-stop's forgetting of a tail are the only places that touch SAM
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -54,7 +55,7 @@ class _Pass:
     mask: np.ndarray
     scores: dict[int, float]
     stopped: dict[str, int | None]
-    encoded_before: int  # the volume's features' encode count when the call began
+    encoded: Callable[[], int]  # the slices the volume's features encoded since the call began
     spans: list[tuple[int, int]] = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
     areas: dict[int, tuple[int, int]] = field(default_factory=dict)  # see Propagation.areas
@@ -215,7 +216,7 @@ class LabelTrack:
         the last prompted slice in that direction."""
         predictor = self.predictor
         done = _Pass(np.zeros(self.volume.slices_u8.shape, dtype=np.uint8), {}, {"forward": None, "reverse": None},
-                     self.features.frames_encoded)
+                     self.features.encode_counter())
         self._rebuild_prompts(prompts)
         prompted = sorted(prompts)
         anchor = prompted[0]
@@ -280,7 +281,7 @@ class LabelTrack:
         predictor = self.predictor
         prev = self.last
         prompted = sorted(prompts)
-        done = _Pass(prev.mask.copy(), dict(prev.scores), dict(prev.stopped_early), self.features.frames_encoded,
+        done = _Pass(prev.mask.copy(), dict(prev.scores), dict(prev.stopped_early), self.features.encode_counter(),
                      areas=dict(prev.areas))
         mask, scores, stopped, spans, areas = done.mask, done.scores, done.stopped, done.spans, done.areas
         for k in changed:
@@ -334,7 +335,7 @@ class LabelTrack:
         processed = (min(done.scores), max(done.scores)) if done.scores else None
         return Propagation(
             done.mask, sorted(prompts), lo_hi, processed, dict(sorted(done.scores.items())), done.stopped,
-            self.features.frames_encoded - done.encoded_before, time.perf_counter() - done.t0, sorted(done.spans), how,
+            done.encoded(), time.perf_counter() - done.t0, sorted(done.spans), how,
             dict(sorted(done.areas.items())),
         )
 

@@ -100,13 +100,13 @@ def _encode_all(session) -> tuple[int, float]:
     """Encode every slice once, before any protocol, so that protocol timings are propagation only."""
     t0 = time.perf_counter()
     features = session.features
-    before = features.frames_encoded
+    encoded = features.encode_counter()
     engine = session.engine
     with engine.lock, torch.inference_mode(), engine.autocast():
         features.plan_pass(0, len(features.frames) - 1)
         for k in range(len(features.frames)):
             features.get(k)
-    return features.frames_encoded - before, time.perf_counter() - t0
+    return encoded(), time.perf_counter() - t0
 
 
 def _ran_slices(run: protocols.ProtocolRun, n: int) -> list[bool]:
@@ -200,7 +200,7 @@ class _CaseRun:
         client_id = f"eval/{spec_l.name}/{spec.name}"
         try:
             session, transposed = self._session(spec, exact, client_id)
-            before = session.features.frames_encoded
+            encoded = session.features.encode_counter()
             key = (cfg.get("key_slices") or {}).get(self.case.case_id)
             marker = None
             if spec.kind == "medsam2_recist":
@@ -241,7 +241,7 @@ class _CaseRun:
             "per_slice_iou": [None if d is None else round(d / (2.0 - d), 6) for d in per_slice],
             "gt_area": [int(a) for a in areas], "worst_slices": worst,
             "slices_processed": run.slices_processed, "seconds": round(run.seconds, 3),
-            "frames_encoded_in_protocol": session.features.frames_encoded - before,
+            "frames_encoded_in_protocol": encoded(),
             "preset": "reference frames" if exact else self.preset.key, "exact": exact or bool(run.info.get("exact")),
         }
 

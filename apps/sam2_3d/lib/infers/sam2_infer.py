@@ -130,11 +130,9 @@ class Sam2InferTask(InferTask):
         note_session(self.engine, session, request, _session_client(request, client_id), mode, axis)  # replicas
         # the whole request under the session's lock: prompts, propagation and the answer belong together;
         # a refused request leaves the session as it was (its prompts, undo history and last answers)
-        with session.all_or_nothing():
-            encoded_before = session.features.frames_encoded  # prompts on new slices encode them too
+        with session.all_or_nothing() as encoded:  # prompts on new slices encode them too
             result_mask, label_names, result, label = self._answer(request, params, session, anonymous=not client_id)
-            frames_encoded = session.features.frames_encoded - encoded_before
-            answer = self._result_json(result, session, label, label_names, frames_encoded)
+            answer = self._result_json(result, session, label, label_names, encoded())
             answer["axis_hint"] = axis_hint
             answer["session_restarted"] = session.take_restarted()  # why this client's last session ended
         self.engine.trim(keep=session)
@@ -145,7 +143,7 @@ class Sam2InferTask(InferTask):
     def _answer(self, request, params: InferParams, session, anonymous: bool):
         geo = session.geometry
         label = self._label_name(request)
-        session.label = label
+        session.select(label)
         if params.reset_all:
             session.reset()
         elif params.reset_state:
