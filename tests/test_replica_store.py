@@ -183,3 +183,20 @@ def test_a_session_that_moved_replica_says_where_it_was(tmp_path, monkeypatch):
     why = second.claim("k")
     assert why and "host:8001" in why and "host:8002" in why
     assert second.claim("other key") is None
+
+
+def test_only_a_servers_start_up_writes_its_name_into_the_environment(monkeypatch):
+    """A test or tool reading the server name leaves its environment alone (an earlier version cached the
+    name there in any process, and a later test's replicas inherited it, without a port); the server's
+    start-up writes it, for the training processes monailabel starts without ``--port``."""
+    from lib.replicas import identity
+
+    monkeypatch.delenv(identity.ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["monailabel", "start_server", "--port", "8123"])
+    assert identity.server_name() == f"{socket.gethostname()}:8123"
+    assert identity.ENV not in os.environ
+    assert training_lock._record("running")["server"] == f"{socket.gethostname()}:8123"
+    assert identity.ENV not in os.environ
+    assert identity.name_this_server() == f"{socket.gethostname()}:8123" == os.environ[identity.ENV]
+    monkeypatch.setattr(sys, "argv", ["python", "-m", "monailabel.interfaces.utils.app", "-m", "train"])
+    assert identity.server_name() == f"{socket.gethostname()}:8123", "a training child says its server's name"

@@ -80,7 +80,7 @@ class Sam2Config(TaskConfig):
         if not conf.get("model_dir"):
             _warn_about_old_default(model_dir, self.versions_dir)
         torch_thread.run(attach_versions, self.engine, self.versions_dir, conf.get("finetuned"))  # loads weights
-        identity.server_name()  # named before monailabel starts a training process (it inherits the name)
+        identity.name_this_server()  # before monailabel starts a training process (it inherits the name)
         if option(conf, "replica", False):  # one of several replicas sharing model_dir (lib/replicas)
             self.engine.replica_sessions = SessionMarkers(self.versions_dir)
 

@@ -18,12 +18,20 @@ def _port_from_argv() -> str | None:
 
 
 def server_name() -> str:
-    """``host:port`` of the server; its training child processes inherit it (through the environment)."""
+    """``host:port`` of the server: the name it was given at start-up (its training children inherit it),
+    else this host and the ``--port`` of this process. Reading it changes nothing."""
     name = os.environ.get(ENV)
     if not name:
         port = _port_from_argv()
         name = f"{socket.gethostname()}:{port}" if port else socket.gethostname()
-        os.environ[ENV] = name  # monailabel starts the train process with a copy of this environment
+    return name
+
+
+def name_this_server() -> str:
+    """The server's start-up names itself in its environment, so that the training processes monailabel
+    starts (with a copy of that environment, and no ``--port``) say the same name. Only a server does:
+    any other process that reads :func:`server_name` (a test, a tool) leaves its environment alone."""
+    name = os.environ[ENV] = server_name()
     return name
 
 
