@@ -27,11 +27,6 @@ def areas(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([(flat > OFFSET).sum(1), (flat > -OFFSET).sum(1)], dim=1)
 
 
-def stability(inner: int, outer: int) -> float:
-    """One mask's stability score. A mask with nothing above -OFFSET scores 1: sure that nothing is there."""
-    return inner / outer if outer else 1.0
-
-
 def object_stability(per_slice: dict) -> float | None:
     """The stability of an object over its slices ({slice: (inner, outer)}): the IoU of its +1 and -1
     volumes. None without slices; 0 if nothing was found on any slice (a prompted object with no answer
