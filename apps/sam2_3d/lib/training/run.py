@@ -200,7 +200,7 @@ def _train(engine, datastore, params: TrainParams, model_dir: str, pairs: list[d
     if rank == 0:
         last, resume_note = _prepare_run_dir(run_dir, params.resume)
     else:  # rank 0 prepared the folder and waits for this rank in fit
-        last, resume_note = os.path.join(run_dir, "checkpoints", "last.ckpt"), None
+        last, resume_note = _last_checkpoint(run_dir), None
 
     say(f"{len(data.train_pairs)} training and {len(data.val_pairs)} validation images; starting from {parent_name} "
         f"({engine.checkpoint_name}{', RANDOM WEIGHTS' if engine.random_weights else ''}) at {engine.image_size} px")
@@ -271,7 +271,7 @@ class FinishedRun:
 
     def mark_finished(self, record: dict) -> None:
         _write_json(os.path.join(self.run_dir, "finished.json"), record)
-        shutil.rmtree(os.path.join(self.run_dir, "checkpoints"), ignore_errors=True)  # they were for resuming
+        shutil.rmtree(os.path.dirname(_last_checkpoint(self.run_dir)), ignore_errors=True)  # they were for resuming
 
 
 def _discard(run: FinishedRun, kept: dict, dice_before: float) -> dict:
@@ -363,11 +363,16 @@ def _training_data(datastore, params: TrainParams, pairs: list[dict] | None) -> 
     return TrainingData(train_pairs, val_pairs, volume_of, labels, skipped)
 
 
+def _last_checkpoint(run_dir: str) -> str:
+    """Where Lightning keeps the run's resume checkpoint (its folder holds nothing else)."""
+    return os.path.join(run_dir, "checkpoints", "last.ckpt")
+
+
 def _prepare_run_dir(run_dir: str, resume: bool) -> tuple[str, str | None]:
     """The run folder, emptied unless resuming; an unreadable resume checkpoint is moved aside.
 
     Returns the resume checkpoint's path (it may not exist) and a note for clients when it was unreadable."""
-    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    last = _last_checkpoint(run_dir)
     if not resume or os.path.exists(os.path.join(run_dir, "finished.json")):
         shutil.rmtree(run_dir, ignore_errors=True)
     resume_note = None
