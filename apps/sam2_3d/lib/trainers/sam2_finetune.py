@@ -11,6 +11,7 @@ as Slicer's training progress bar reads them) and the trainer's ``versions`` wit
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import psutil
 from monailabel.interfaces.tasks.train import TrainTask
@@ -70,9 +71,10 @@ class Sam2FinetuneTask(TrainTask):
     def __call__(self, request, datastore):
         params = parse(request)  # the endpoint already answered 422 for bad values; this guards direct calls
         logger.info(f"sam2_finetune: {params.to_dict()}")
-        if launched_rank() > 0:  # a DDP rank Lightning started for this run: rank 0 holds the lock
-            return torch_thread.run(train, self.engine, datastore, params, self.model_dir)
-        with training_lock.held(self.model_dir):  # one replica trains at a time on a shared model store
+        # one replica trains at a time on a shared model store; a DDP rank Lightning started for this run
+        # trains under rank 0's lock
+        lock = training_lock.held(self.model_dir) if launched_rank() == 0 else nullcontext()
+        with lock:
             return torch_thread.run(train, self.engine, datastore, params, self.model_dir)  # where the model was built
 
 
