@@ -139,6 +139,27 @@ class Server:
         self.log.close()
 
 
+def labelled_studies(folder, labelled: dict[str, tuple[str, str]]):
+    """A local datastore folder holding, per file name, the image and final label of a ``../shared`` case
+    (file name -> (case folder, extension)); the folder, for the caller to add more to."""
+    final = folder / "labels" / "final"
+    final.mkdir(parents=True)
+    for name, (case, ext) in labelled.items():
+        shutil.copy(shared(case, "image" + ext), folder / name)
+        shutil.copy(shared(case, "label" + ext), final / name)
+    return folder
+
+
+def training_server(tmp_path_factory, name: str, studies, image_size: int) -> Server:
+    """A server on ``studies`` at ``image_size`` whose fine-tuned versions go to a temp ``model_dir``
+    (``srv.model_dir``), so that no test's versions reach another server."""
+    model_dir = str(tmp_path_factory.mktemp(f"{name}_model"))
+    srv = Server(str(studies), str(tmp_path_factory.mktemp(f"{name}_server")),
+                 conf={"image_size": str(image_size), "model_dir": model_dir})
+    srv.model_dir = model_dir
+    return srv
+
+
 # Small real volumes for the server's local datastore (copied to a temp folder, never into the repo).
 STUDY_FILES = {
     "spinalcord_t2.nii.gz": ("spinalcord_t2", "image.nii.gz"),  # permuted axes

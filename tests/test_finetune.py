@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import Server, shared
+from conftest import labelled_studies, shared, training_server
 
 TRAIN_SIZE = 128
 
@@ -167,20 +167,14 @@ def test_low_confidence_ranks_scores_of_the_weights_in_use_first(tmp_path):
 @pytest.fixture(scope="module")
 def train_server(tmp_path_factory):
     """A server whose local datastore has two images with final labels; versions in a temp model_dir."""
-    studies = tmp_path_factory.mktemp("train_studies")
+    studies = labelled_studies(tmp_path_factory.mktemp("train_studies"), {
+        "spinalcord.nii.gz": ("spinalcord_t2", ".nii.gz"), "brain.nrrd": ("pyradiomics_brain", ".nrrd")})
     final = studies / "labels" / "final"
-    final.mkdir(parents=True)
-    for name, folder, ext in (("spinalcord", "spinalcord_t2", ".nii.gz"), ("brain", "pyradiomics_brain", ".nrrd")):
-        shutil.copy(shared(folder, "image" + ext), studies / (name + ext))
-        shutil.copy(shared(folder, "label" + ext), final / (name + ext))
     # a label of another size, put on disk by hand (the save would refuse it): training skips it, with a warning
     shutil.copy(shared("totalseg_ct_small", "image.nii.gz"), studies / "aaa_wrongsize.nii.gz")
     shutil.copy(shared("spinalcord_t2", "label.nii.gz"), final / "aaa_wrongsize.nii.gz")
     shutil.copy(shared("spinalcord_t2", "image.nii.gz"), studies / "ccc_nothing.nii.gz")  # saved empty, explicitly
-    model_dir = tmp_path_factory.mktemp("model")
-    srv = Server(str(studies), str(tmp_path_factory.mktemp("train_server")),
-                 conf={"image_size": str(TRAIN_SIZE), "model_dir": str(model_dir)})
-    srv.model_dir = str(model_dir)
+    srv = training_server(tmp_path_factory, "train", studies, TRAIN_SIZE)
     yield srv
     srv.stop()
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 
 import pytest
 import requests
-from conftest import Server, shared
+from conftest import labelled_studies, training_server
 
 TRAIN_SIZE = 128  # as tests/test_finetune.py
 DDP_TRAIN = {"epochs": 1, "steps_per_epoch": 2, "clip_length": 3, "learning_rate": 1e-3, "checkpoint_every": 2,
@@ -24,16 +23,9 @@ DDP_TRAIN = {"epochs": 1, "steps_per_epoch": 2, "clip_length": 3, "learning_rate
 @pytest.fixture(scope="module")
 def ddp_server(tmp_path_factory):
     """Two labelled images (one is held out for validation); versions in a temp model_dir."""
-    studies = tmp_path_factory.mktemp("ddp_studies")
-    final = studies / "labels" / "final"
-    final.mkdir(parents=True)
-    for name in ("spinalcord_a", "spinalcord_b"):
-        shutil.copy(shared("spinalcord_t2", "image.nii.gz"), studies / f"{name}.nii.gz")
-        shutil.copy(shared("spinalcord_t2", "label.nii.gz"), final / f"{name}.nii.gz")
-    model_dir = tmp_path_factory.mktemp("ddp_model")
-    srv = Server(str(studies), str(tmp_path_factory.mktemp("ddp_server")),
-                 conf={"image_size": str(TRAIN_SIZE), "model_dir": str(model_dir)})
-    srv.model_dir = str(model_dir)
+    studies = labelled_studies(tmp_path_factory.mktemp("ddp_studies"), {
+        name: ("spinalcord_t2", ".nii.gz") for name in ("spinalcord_a.nii.gz", "spinalcord_b.nii.gz")})
+    srv = training_server(tmp_path_factory, "ddp", studies, TRAIN_SIZE)
     yield srv
     srv.stop()
 
